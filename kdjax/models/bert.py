@@ -1,0 +1,413 @@
+"""Flax NNX BERT / RoBERTa encoder that exposes its attention internals.
+
+Layout and numerics follow Hugging Face ``BertModel`` / ``RobertaModel``
+(post-LayerNorm, exact-erf GELU, absolute positions; RoBERTa numbers positions
+from ``pad_token_id + 1`` and has a single token type). A forward pass returns a
+:class:`BertOutput` pytree. Callers choose which layers to *capture*
+(Q/K/V before the head split, pre-softmax scores, probabilities, the layer's
+hidden state) and the deepest layer to *run* (``stop_at_layer``), so a frozen
+teacher only computes what a loss needs.
+
+Dropout takes an explicit ``dropout_rng`` (no RNG state lives in the modules), so
+the model is a pure function of (params, inputs, rng) once split with ``nnx.split``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence, Union
+
+import flax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kdjax.models.config import BertConfig
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------- outputs
+@flax.struct.dataclass
+class LayerInternals:
+  """What one captured layer exposes. Shapes: B batch, L length, N heads."""
+
+  hidden: Array   # [B, L, hidden] output of the layer
+  q: Array        # [B, L, hidden] query projection before the head split
+  k: Array        # [B, L, hidden]
+  v: Array        # [B, L, hidden]
+  scores: Array   # [B, N, L, L] q k^T / sqrt(d_head) + additive mask (float32)
+  probs: Array    # [B, N, L, L] softmax(scores) (float32, before dropout)
+
+
+@flax.struct.dataclass
+class BertOutput:
+  """Structured forward result.
+
+  ``hidden_states`` holds the embedding output followed by the output of every
+  layer that ran; ``last_hidden_state`` is the output of the deepest layer that
+  ran. ``pooler_output`` and ``logits`` are None when the model has no such head
+  or stopped before the last layer.
+  """
+
+  last_hidden_state: Array
+  embedding_output: Array
+  hidden_states: tuple
+  layers: dict
+  pooler_output: Optional[Array] = None
+  logits: Optional[Array] = None
+
+  @property
+  def attentions(self) -> tuple:
+    return tuple(self.layers[i].probs for i in sorted(self.layers))
+
+
+# --------------------------------------------------------------------------- helpers
+def _compute_dtype(config: BertConfig):
+  return jnp.dtype(config.dtype)
+
+
+def _activation(name: str):
+  if name == "gelu":
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name in ("gelu_new", "gelu_pytorch_tanh"):
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if name == "relu":
+    return jax.nn.relu
+  if name == "tanh":
+    return jnp.tanh
+  raise ValueError(f"unsupported activation {name!r}")
+
+
+def dropout(x: Array, rate: float, rng: Optional[Array], deterministic: bool) -> Array:
+  """Inverted dropout with an explicit key; identity when deterministic or rate 0."""
+  if deterministic or rate == 0.0:
+    return x
+  if rng is None:
+    raise ValueError("dropout_rng is required when deterministic=False")
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _fold(rng: Optional[Array], i: int) -> Optional[Array]:
+  return None if rng is None else jax.random.fold_in(rng, i)
+
+
+def _linear(cfg: BertConfig, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(
+      n_in, n_out, dtype=_compute_dtype(cfg), param_dtype=jnp.float32,
+      kernel_init=jax.nn.initializers.normal(cfg.initializer_range),
+      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm computed in float32 (output cast back to the compute dtype)."""
+
+  def __init__(self, n: int, eps: float, out_dtype, *, rngs: nnx.Rngs):
+    self.norm = nnx.LayerNorm(n, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32,
+                              use_fast_variance=False, rngs=rngs)
+    self.out_dtype = out_dtype
+
+  def __call__(self, x: Array) -> Array:
+    return self.norm(x.astype(jnp.float32)).astype(self.out_dtype)
+
+
+# --------------------------------------------------------------------------- modules
+class Embeddings(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    init = jax.nn.initializers.normal(cfg.initializer_range)
+    dt = _compute_dtype(cfg)
+    self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt,
+                                     embedding_init=init, rngs=rngs)
+    self.position_embeddings = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size,
+                                         dtype=dt, embedding_init=init, rngs=rngs)
+    self.token_type_embeddings = nnx.Embed(max(cfg.type_vocab_size, 1), cfg.hidden_size,
+                                           dtype=dt, embedding_init=init, rngs=rngs)
+    self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dt, rngs=rngs)
+    self.cfg = cfg
+
+  def position_ids(self, input_ids: Array) -> Array:
+    cfg = self.cfg
+    if cfg.model_type == "roberta":
+      not_pad = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+      return jnp.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
+    return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+
+  def __call__(self, input_ids, token_type_ids, position_ids, rng, deterministic):
+    if position_ids is None:
+      position_ids = self.position_ids(input_ids)
+    if input_ids.shape[1] + self.cfg.position_offset > self.cfg.max_position_embeddings:
+      raise ValueError(
+          f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+          f"{self.cfg.max_position_embeddings}")
+    x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
+         + self.token_type_embeddings(token_type_ids))
+    x = self.layer_norm(x)
+    return dropout(x, self.cfg.hidden_dropout_prob, rng, deterministic)
+
+
+class TransformerLayer(nnx.Module):
+  """One post-LN encoder layer (HF ``BertLayer``)."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    h, dt = cfg.hidden_size, _compute_dtype(cfg)
+    self.query = _linear(cfg, h, h, rngs)
+    self.key = _linear(cfg, h, h, rngs)
+    self.value = _linear(cfg, h, h, rngs)
+    self.attention_output = _linear(cfg, h, h, rngs)
+    self.attention_layer_norm = LayerNorm(h, cfg.layer_norm_eps, dt, rngs=rngs)
+    self.intermediate = _linear(cfg, h, cfg.intermediate_size, rngs)
+    self.output = _linear(cfg, cfg.intermediate_size, h, rngs)
+    self.output_layer_norm = LayerNorm(h, cfg.layer_norm_eps, dt, rngs=rngs)
+    self.cfg = cfg
+
+  def __call__(self, x_BxLxH, mask_bias_Bx1x1xL, rng, deterministic) -> LayerInternals:
+    cfg = self.cfg
+    b, l, h = x_BxLxH.shape
+    n, d = cfg.num_attention_heads, cfg.head_dim
+    q, k, v = self.query(x_BxLxH), self.key(x_BxLxH), self.value(x_BxLxH)
+    split = lambda t: t.reshape(b, l, n, d)
+    scores = jnp.einsum("bqnd,bknd->bnqk", split(q), split(k),
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores_BxNxLxL = scores.astype(jnp.float32) + mask_bias_Bx1x1xL
+    probs = jax.nn.softmax(scores_BxNxLxL, axis=-1)
+    p = dropout(probs, cfg.attention_probs_dropout_prob, _fold(rng, 0), deterministic)
+    ctx = jnp.einsum("bnqk,bknd->bqnd", p.astype(v.dtype), split(v)).reshape(b, l, h)
+    a = dropout(self.attention_output(ctx), cfg.hidden_dropout_prob, _fold(rng, 1), deterministic)
+    a = self.attention_layer_norm(a + x_BxLxH)
+    f = self.output(_activation(cfg.hidden_act)(self.intermediate(a)))
+    f = dropout(f, cfg.hidden_dropout_prob, _fold(rng, 2), deterministic)
+    out = self.output_layer_norm(f + a)
+    return LayerInternals(hidden=out, q=q, k=k, v=v, scores=scores_BxNxLxL, probs=probs)
+
+
+LayerSpec = Union[None, str, int, Iterable[int]]
+
+
+def _resolve_layers(spec: LayerSpec, n_layers: int, what: str) -> tuple[int, ...]:
+  if spec is None:
+    return ()
+  if isinstance(spec, str):
+    if spec != "all":
+      raise ValueError(f"{what} must be 'all', an int or a list of ints, got {spec!r}")
+    return tuple(range(n_layers))
+  idx = (spec,) if isinstance(spec, int) else tuple(spec)
+  for i in idx:
+    if not -n_layers <= i < n_layers:
+      raise ValueError(f"{what}: layer index {i} out of range for a model with "
+                       f"{n_layers} layers (valid: 0..{n_layers - 1}, or negative from the end)")
+  return tuple(sorted({i % n_layers for i in idx}))
+
+
+class BertModel(nnx.Module):
+  """Embeddings + encoder layers (+ pooler). HF ``BertModel`` / ``RobertaModel``."""
+
+  def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True,
+               rngs: nnx.Rngs | None = None):
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    self.config = config
+    self.embeddings = Embeddings(config, rngs=rngs)
+    self.layer = nnx.List([TransformerLayer(config, rngs=rngs)
+                           for _ in range(config.num_hidden_layers)])
+    self.pooler = _linear(config, config.hidden_size, config.hidden_size, rngs) \
+        if add_pooling_layer else None
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               *, capture_layers: LayerSpec = None, stop_at_layer: Optional[int] = None,
+               deterministic: bool = True, dropout_rng: Optional[Array] = None) -> BertOutput:
+    """Runs the encoder.
+
+    Args:
+      input_ids: int [B, L].
+      attention_mask: [B, L], 1 for real tokens (default all ones).
+      token_type_ids: int [B, L] (default zeros).
+      position_ids: optional int [B, L] (default: BERT 0..L-1, RoBERTa from the pad index).
+      capture_layers: 'all', an index or indices (0-based, negative from the end) whose
+        internals go to ``out.layers``.
+      stop_at_layer: deepest layer to run (0-based); layers after it are not computed.
+      deterministic: disables dropout.
+      dropout_rng: key for dropout when ``deterministic=False``.
+    """
+    cfg = self.config
+    n_layers = cfg.num_hidden_layers
+    last = n_layers - 1
+    if stop_at_layer is not None:
+      (last,) = _resolve_layers(stop_at_layer, n_layers, "stop_at_layer")
+    capture = _resolve_layers(capture_layers, n_layers, "capture_layers")
+    if capture and max(capture) > last:
+      raise ValueError(f"capture_layers {capture} asks for a layer after stop_at_layer={last}")
+    input_ids = jnp.asarray(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros(input_ids.shape, jnp.int32)
+    mask_bias = jnp.where(jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0,
+                          jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+    x = self.embeddings(input_ids, token_type_ids, position_ids, _fold(dropout_rng, 0),
+                        deterministic)
+    hidden_states, layers = [x], {}
+    for i in range(last + 1):
+      internals = self.layer[i](x, mask_bias, _fold(dropout_rng, i + 1), deterministic)
+      x = internals.hidden
+      hidden_states.append(x)
+      if i in capture:
+        layers[i] = internals
+    pooled = None
+    if self.pooler is not None and last == n_layers - 1:
+      pooled = jnp.tanh(self.pooler(x[:, 0]))
+    return BertOutput(last_hidden_state=x, embedding_output=hidden_states[0],
+                      hidden_states=tuple(hidden_states), layers=layers,
+                      pooler_output=pooled)
+
+
+class ClassificationHead(nnx.Module):
+  """BERT: dropout(pooled) -> classifier. RoBERTa: dropout -> dense -> tanh -> dropout -> out_proj."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    if cfg.model_type == "roberta":
+      self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+    else:
+      self.dense = None
+    self.out_proj = _linear(cfg, cfg.hidden_size, cfg.num_labels, rngs)
+
+  def __call__(self, out: BertOutput, rng, deterministic) -> Array:
+    cfg = self.cfg
+    rate = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
+    if self.dense is None:
+      x = dropout(out.pooler_output, rate, _fold(rng, 0), deterministic)
+    else:
+      x = dropout(out.last_hidden_state[:, 0], rate, _fold(rng, 0), deterministic)
+      x = jnp.tanh(self.dense(x))
+      x = dropout(x, rate, _fold(rng, 1), deterministic)
+    return self.out_proj(x).astype(jnp.float32)
+
+
+class MLMHead(nnx.Module):
+  """transform (dense -> act -> LayerNorm) then the decoder tied to the word embeddings."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+    self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, _compute_dtype(cfg),
+                                rngs=rngs)
+    self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
+
+  def __call__(self, x, word_embeddings_VxH) -> Array:
+    act = "gelu" if self.cfg.model_type == "roberta" else self.cfg.hidden_act
+    x = self.layer_norm(_activation(act)(self.dense(x)))
+    logits = jnp.einsum("blh,vh->blv", x, word_embeddings_VxH.astype(x.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + self.bias[...]
+
+
+def _head_forward(model, input_ids, attention_mask, token_type_ids, position_ids, kw):
+  """Shared by head models: run the encoder, report whether the last layer ran."""
+  out = model.bert(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+  ran_all = len(out.hidden_states) == model.config.num_hidden_layers + 1
+  return out, ran_all
+
+
+class BertForSequenceClassification(nnx.Module):
+  """Encoder + classification head. ``out.logits``: [B, num_labels] float32."""
+
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None = None):
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    self.config = config
+    self.bert = BertModel(config, add_pooling_layer=config.model_type == "bert", rngs=rngs)
+    self.classifier = ClassificationHead(config, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               **kw) -> BertOutput:
+    out, ran_all = _head_forward(self, input_ids, attention_mask, token_type_ids,
+                                 position_ids, kw)
+    if not ran_all:
+      return out
+    rng = _fold(kw.get("dropout_rng"), 10_000)
+    return out.replace(logits=self.classifier(out, rng, kw.get("deterministic", True)))
+
+
+class BertForMaskedLM(nnx.Module):
+  """Encoder (no pooler) + MLM head. ``out.logits``: [B, L, vocab] float32."""
+
+  def __init__(self, config: BertConfig, *, rngs: nnx.Rngs | None = None):
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    self.config = config
+    self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
+    self.mlm = MLMHead(config, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+               **kw) -> BertOutput:
+    out, ran_all = _head_forward(self, input_ids, attention_mask, token_type_ids,
+                                 position_ids, kw)
+    if not ran_all:
+      return out
+    word = self.bert.embeddings.word_embeddings.embedding[...]
+    return out.replace(logits=self.mlm(out.last_hidden_state, word))
+
+
+HEADS = {
+    "none": BertModel,
+    "classification": BertForSequenceClassification,
+    "mlm": BertForMaskedLM,
+}
+
+
+def create_model(config: BertConfig, head: str = "none", seed: int = 0,
+                 add_pooling_layer: bool = True) -> nnx.Module:
+  """A randomly initialised model (HF initialisation: N(0, initializer_range))."""
+  if head not in HEADS:
+    raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
+  rngs = nnx.Rngs(seed)
+  if head == "none":
+    return BertModel(config, add_pooling_layer=add_pooling_layer, rngs=rngs)
+  return HEADS[head](config, rngs=rngs)
+
+
+def head_of(model: nnx.Module) -> str:
+  for name, cls in HEADS.items():
+    if type(model) is cls:
+      return name
+  raise TypeError(f"not a kdjax BERT model: {type(model).__name__}")
+
+
+def encoder_of(model: nnx.Module) -> BertModel:
+  return model if isinstance(model, BertModel) else model.bert
+
+
+def layer_flops_per_token(cfg: BertConfig, seq_len: int) -> float:
+  """Forward FLOPs per token of one encoder layer (2 * MACs; matmuls only)."""
+  h, f = cfg.hidden_size, cfg.intermediate_size
+  return 2.0 * (4 * h * h + 2 * h * f) + 2.0 * 2 * seq_len * h
+
+
+# Logical axes of each parameter kind (T5X-style vocabulary: batch, length, embed,
+# heads, mlp, vocab); kdjax/trainer/sharding.py maps them to mesh axes from the config.
+_KERNEL_AXES = {
+    "query": ("embed", "heads"), "key": ("embed", "heads"), "value": ("embed", "heads"),
+    "attention_output": ("heads", "embed"),
+    "intermediate": ("embed", "mlp"), "output": ("mlp", "embed"),
+}
+_BIAS_AXES = {"query": ("heads",), "key": ("heads",), "value": ("heads",),
+              "intermediate": ("mlp",)}
+
+
+def param_logical_axes(params: dict) -> dict:
+  """Logical axis names for every leaf of a kdjax params dict (same structure)."""
+
+  def axes(path, leaf):
+    names = [getattr(p, "key", str(p)) for p in path]
+    owner, kind = (names[-2] if len(names) > 1 else ""), names[-1]
+    if names[-3:-1] == ["embeddings", "word_embeddings"] or kind == "embedding":
+      return ("vocab", "embed") if owner == "word_embeddings" else (None, "embed")
+    if kind == "kernel":
+      return _KERNEL_AXES.get(owner, ("embed", None))
+    if kind == "bias" and owner in _BIAS_AXES:
+      return _BIAS_AXES[owner]
+    if owner == "mlm" and kind == "bias":
+      return ("vocab",)
+    return (None,) * leaf.ndim
+
+  return jax.tree_util.tree_map_with_path(axes, params)

@@ -1,0 +1,258 @@
+"""Hugging Face interop: read and write local HF directories (PyTorch naming).
+
+``from_pretrained(path)`` reads ``config.json`` and ``model.safetensors`` (also a
+sharded ``model.safetensors.index.json`` or a ``pytorch_model.bin``) and returns a
+kdjax NNX model; ``save_pretrained(model, path)`` writes ``config.json``,
+``model.safetensors`` and the tokenizer files so that ``transformers.AutoModel*``
+loads the directory with no missing or unexpected keys. Nothing is downloaded:
+``path`` must be a local directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Optional
+
+import numpy as np
+from flax import nnx
+
+from kdjax.models import params as P
+from kdjax.models.bert import create_model, head_of, encoder_of
+from kdjax.models.config import BertConfig
+
+log = logging.getLogger(__name__)
+
+# kdjax sub-path -> HF sub-name inside one encoder layer.
+_LAYER_NAMES = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_output": "attention.output.dense",
+    "attention_layer_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+    "output_layer_norm": "output.LayerNorm",
+}
+_LEAF_NAMES = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+
+
+def _hf_name(path: tuple[str, ...], cfg: BertConfig, head: str) -> tuple[str, bool]:
+  """Maps a kdjax parameter path to (HF tensor name, needs transpose)."""
+  roberta = cfg.model_type == "roberta"
+  prefix = "" if head == "none" else ("roberta." if roberta else "bert.")
+  if head != "none":
+    if path[0] == "bert":
+      path = path[1:]
+    else:  # head parameters
+      return _head_name(path, roberta)
+  leaf = path[-1]
+  body = [p for p in path[:-1] if p != "norm"]
+  transpose = leaf == "kernel"
+  if body[0] == "embeddings":
+    sub = {"layer_norm": "LayerNorm"}.get(body[1], body[1])
+    name = f"embeddings.{sub}"
+  elif body[0] == "layer":
+    name = f"encoder.layer.{body[1]}.{_LAYER_NAMES[body[2]]}"
+  elif body[0] == "pooler":
+    name = "pooler.dense"
+  else:
+    raise KeyError(f"no Hugging Face name for kdjax parameter {'/'.join(path)}")
+  return f"{prefix}{name}.{_LEAF_NAMES[leaf]}", transpose
+
+
+def _head_name(path, roberta):
+  leaf = path[-1]
+  transpose = leaf == "kernel"
+  body = [p for p in path[:-1] if p != "norm"]
+  if body[0] == "classifier":
+    if roberta:
+      name = f"classifier.{body[1]}"
+    else:
+      name = "classifier"
+  elif body[0] == "mlm":
+    base = "lm_head" if roberta else "cls.predictions"
+    if len(body) == 1:  # the output bias
+      return f"{base}.bias", False
+    sub = {"dense": "dense",
+           "layer_norm": "layer_norm" if roberta else "LayerNorm"}[body[1]]
+    name = f"{base}.{sub}" if roberta else f"{base}.transform.{sub}"
+  else:
+    raise KeyError(f"no Hugging Face name for kdjax parameter {'/'.join(path)}")
+  return f"{name}.{_LEAF_NAMES[leaf]}", transpose
+
+
+def _architecture(cfg: BertConfig, head: str) -> str:
+  base = "Roberta" if cfg.model_type == "roberta" else "Bert"
+  return base + {"none": "Model", "classification": "ForSequenceClassification",
+                 "mlm": "ForMaskedLM"}[head]
+
+
+# ----------------------------------------------------------------------------- reading
+def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
+  st = os.path.join(path, "model.safetensors")
+  idx = os.path.join(path, "model.safetensors.index.json")
+  pt = os.path.join(path, "pytorch_model.bin")
+  from safetensors.numpy import load_file
+  if os.path.exists(st):
+    return dict(load_file(st)), st
+  if os.path.exists(idx):
+    with open(idx, encoding="utf-8") as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+    out = {}
+    for fn in files:
+      out.update(load_file(os.path.join(path, fn)))
+    return out, idx
+  if os.path.exists(pt):
+    try:
+      import torch  # only for legacy .bin checkpoints
+    except ImportError:
+      raise ImportError(f"{pt} is a PyTorch pickle; install torch to read it, or convert "
+                        "the directory to model.safetensors") from None
+    sd = torch.load(pt, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in sd.items()}, pt
+  raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or "
+                          "pytorch_model.bin")
+
+
+def _normalise(name: str) -> str:
+  name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
+  return re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)
+
+
+def _infer_head(hf_config: dict, tensors: dict) -> str:
+  archs = " ".join(hf_config.get("architectures") or [])
+  if "ForSequenceClassification" in archs:
+    return "classification"
+  if "ForMaskedLM" in archs or "ForPreTraining" in archs:
+    return "mlm"
+  return "none"
+
+
+def load_config(path: str, **overrides) -> tuple[BertConfig, dict]:
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} is not a directory (kdjax reads local Hugging Face "
+                            "directories only; nothing is downloaded)")
+  cfg_path = os.path.join(path, "config.json")
+  if not os.path.exists(cfg_path):
+    raise FileNotFoundError(f"{path}: missing config.json")
+  with open(cfg_path, encoding="utf-8") as f:
+    try:
+      raw = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+  cfg = BertConfig.from_hf_dict(raw, source=cfg_path)
+  if overrides:
+    cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+  return cfg, raw
+
+
+def from_pretrained(path: str, head: str = "auto", *, num_labels: Optional[int] = None,
+                    dtype: Optional[str] = None, seed: int = 0) -> nnx.Module:
+  """Loads a local HF directory into a kdjax model.
+
+  Args:
+    path: directory with ``config.json`` and weights.
+    head: "auto" (from ``architectures``), "none", "classification" or "mlm". Head
+      weights missing from the checkpoint are initialised randomly (logged), as HF does.
+    num_labels: overrides the label count (a fresh classifier is then created if the
+      checkpoint's has another size).
+    dtype: compute dtype override ("float32", "bfloat16").
+  """
+  cfg, raw = load_config(path, dtype=dtype)
+  tensors, source = _read_tensors(path)
+  tensors = {_normalise(k): v for k, v in tensors.items()}
+  if head == "auto":
+    head = _infer_head(raw, tensors)
+  resize_head = num_labels is not None and num_labels != cfg.num_labels
+  if num_labels is not None:
+    cfg = cfg.replace(num_labels=num_labels,
+                      id2label=cfg.id2label if not resize_head else None)
+  has_pooler = any(k.endswith("pooler.dense.weight") for k in tensors)
+  model = create_model(cfg, head, seed=seed, add_pooling_layer=has_pooler)
+  skeleton, params = P.split(model)
+  flat = P.flatten(params)
+  used, fresh = set(), []
+  for kpath, init_value in flat.items():
+    name, transpose = _hf_name(kpath, cfg, head)
+    candidates = [name]
+    for pre in ("bert.", "roberta."):  # accept checkpoints with or without the prefix
+      candidates.append(name[len(pre):] if name.startswith(pre) else pre + name)
+    found = next((c for c in candidates if c in tensors), None)
+    is_head = head != "none" and kpath[0] != "bert"
+    if found is None or (is_head and resize_head):
+      if is_head:
+        fresh.append(name)
+        continue
+      raise KeyError(f"{source}: missing tensor {name!r} (needed for kdjax parameter "
+                     f"{'/'.join(kpath)})")
+    value = np.asarray(tensors[found], dtype=np.float32)
+    if transpose:
+      value = value.T
+    if value.shape != tuple(init_value.shape):
+      raise ValueError(f"{source}: tensor {found!r} has shape {tuple(tensors[found].shape)}, "
+                       f"config.json implies {tuple(init_value.shape[::-1] if transpose else init_value.shape)}")
+    flat[kpath] = value
+    used.add(found)
+  if fresh:
+    log.warning("%s: newly initialised head parameters (not in the checkpoint): %s",
+                path, ", ".join(fresh))
+  unused = sorted(k for k in tensors if k not in used and not _ignorable(k))
+  if unused:
+    log.info("%s: tensors not used by a %s model: %s", path, head, ", ".join(unused[:20]))
+  model = P.bind(skeleton, P.unflatten(flat))
+  model.tokenizer_dir = _tokenizer_dir(path)
+  return model
+
+
+def _ignorable(name: str) -> bool:
+  return name.endswith("position_ids") or "decoder" in name
+
+
+def _tokenizer_dir(path: str) -> Optional[str]:
+  for f in ("vocab.txt", "tokenizer.json"):
+    if os.path.exists(os.path.join(path, f)):
+      return os.path.abspath(path)
+  return None
+
+
+# ----------------------------------------------------------------------------- writing
+def to_hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+  """kdjax parameters as HF-named float32 numpy arrays ([out, in] Linear weights)."""
+  head = head_of(model)
+  cfg = model.config
+  out = {}
+  for kpath, v in P.flatten(P.params_of(model)).items():
+    name, transpose = _hf_name(kpath, cfg, head)
+    v = np.asarray(v, dtype=np.float32)
+    out[name] = np.ascontiguousarray(v.T if transpose else v)
+  return out
+
+
+def save_pretrained(model: nnx.Module, path: str, tokenizer=None) -> None:
+  """Writes an HF directory: config.json, model.safetensors and tokenizer files.
+
+  ``tokenizer`` may be a :class:`kdjax.data.Tokenizer` or a directory with
+  ``vocab.txt``/``tokenizer.json``; by default the tokenizer of the directory the
+  model was loaded from is copied.
+  """
+  from safetensors.numpy import save_file
+  head = head_of(model)
+  cfg = encoder_of(model).config if head == "none" else model.config
+  os.makedirs(path, exist_ok=True)
+  tensors = to_hf_state_dict(model)
+  tmp = os.path.join(path, "model.safetensors.tmp")
+  save_file(tensors, tmp, metadata={"format": "pt"})
+  os.replace(tmp, os.path.join(path, "model.safetensors"))
+  cfg.to_json_file(os.path.join(path, "config.json"), [_architecture(cfg, head)])
+  tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer_dir", None)
+  if tok is None:
+    log.warning("save_pretrained(%s): no tokenizer known; only weights and config written", path)
+    return
+  if isinstance(tok, str):
+    from kdjax.data.tokenizer import Tokenizer
+    tok = Tokenizer.from_dir(tok)
+  tok.save(path)
