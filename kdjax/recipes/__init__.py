@@ -1,0 +1,17 @@
+"""One small module per method. Each exposes ``build(config, workdir) -> recipe`` where the
+recipe implements the trainer's interface (``kdjax.trainer.recipe.Recipe``)."""
+
+from __future__ import annotations
+
+import importlib
+
+RECIPES = {
+    "general_distill": "kdjax.recipes.general_distill",  # MiniLMv2, PP-MiniLM
+}
+
+
+def build(config, workdir: str):
+  name = config.get("recipe")
+  if name not in RECIPES:
+    raise ValueError(f"config key 'recipe'={name!r} is not one of {sorted(RECIPES)}")
+  return importlib.import_module(RECIPES[name]).build(config, workdir)

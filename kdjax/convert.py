@@ -1,0 +1,71 @@
+"""Convert between Hugging Face directories and kdjax checkpoints.
+
+  python -m kdjax.convert SRC DST [--to hf|kdjax] [--step N] [--head auto|none|classification|mlm]
+
+SRC may be
+  * a Hugging Face directory (config.json + model.safetensors / pytorch_model.bin):
+    converted to a kdjax model directory (kdjax_model.json + orbax params/ + tokenizer);
+  * a kdjax model directory, or a kdjax trainer workdir (student/kdjax_model.json +
+    checkpoints/): converted to a Hugging Face directory that transformers loads
+    (latest checkpoint unless --step is given).
+Nothing is downloaded; both sides are local directories.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from kdjax.models import native
+
+
+def detect(src: str) -> str:
+  if os.path.exists(os.path.join(src, native.DESCRIPTION)) or \
+      os.path.exists(os.path.join(src, "student", native.DESCRIPTION)):
+    return "kdjax"
+  if os.path.exists(os.path.join(src, "config.json")):
+    return "hf"
+  raise SystemExit(f"error: {src} is neither a Hugging Face directory (config.json) nor a "
+                   f"kdjax model directory / trainer workdir ({native.DESCRIPTION})")
+
+
+def convert(src: str, dst: str, to: str | None = None, step: int | None = None,
+            head: str = "auto") -> str:
+  from kdjax import models
+  kind = detect(src)
+  to = to or ("kdjax" if kind == "hf" else "hf")
+  model = models.from_pretrained(src, head=head) if kind == "hf" else native.load(src, step)
+  if to == "hf":
+    models.save_pretrained(model, dst)
+  else:
+    native.save(model, dst)
+  return to
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m kdjax.convert", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("src", help="HF directory, kdjax model directory or trainer workdir")
+  parser.add_argument("dst", help="output directory (created)")
+  parser.add_argument("--to", choices=["hf", "kdjax"], default=None,
+                      help="output format (default: the other one)")
+  parser.add_argument("--step", type=int, default=None,
+                      help="checkpoint step of a trainer workdir (default: latest)")
+  parser.add_argument("--head", default="auto", choices=["auto", "none", "classification", "mlm"],
+                      help="head to read from an HF directory (default: from architectures)")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  try:
+    to = convert(args.src, args.dst, args.to, args.step, args.head)
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {to} model to {args.dst}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,108 @@
+"""Task-agnostic distillation: MiniLMv2 (Q-Q, K-K, V-V relations) and PP-MiniLM
+(+ head-head relations weighted by ``alpha`` and sample-sample relations by ``beta``).
+
+One teacher layer (``teacher_layer_index``) teaches one student layer
+(``student_layer_index``), both 0-based. The teacher runs frozen, in
+``teacher.dtype``, only up to its layer; the student runs only up to its layer too
+(later student layers get no gradient from this loss, as in the reference).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kdjax.data import TextCorpus, Tokenizer
+from kdjax.losses import minilm_relation_loss
+from kdjax.models import param_logical_axes
+from kdjax.recipes import common
+
+
+class GeneralDistill:
+
+  def __init__(self, config, workdir: str):
+    self.config = c = config
+    self.teacher = common.load_teacher(c.teacher)
+    tcfg = self.teacher.config
+    self.student = common.build_student(c.student, tcfg.replace(dtype="float32"),
+                                        tokenizer_dir=self.teacher.tokenizer_dir)
+    scfg = self.student.config
+    self.t_layer = _check_layer(c.teacher_layer_index, tcfg.num_hidden_layers,
+                                "teacher_layer_index")
+    self.s_layer = _check_layer(c.student_layer_index, scfg.num_hidden_layers,
+                                "student_layer_index")
+    for who, h in (("teacher", tcfg.hidden_size), ("student", scfg.hidden_size)):
+      if h % c.num_relation_heads:
+        raise ValueError(f"config key 'num_relation_heads'={c.num_relation_heads} does not "
+                         f"divide the {who} hidden size {h}")
+    if not 0.0 <= c.alpha + c.beta <= 1.0 or c.alpha < 0 or c.beta < 0:
+      raise ValueError(f"config keys 'alpha'={c.alpha}, 'beta'={c.beta}: need alpha, beta >= 0 "
+                       "and alpha + beta <= 1")
+    if c.max_seq_length + tcfg.position_offset > tcfg.max_position_embeddings:
+      raise ValueError(f"config key 'max_seq_length'={c.max_seq_length} exceeds the teacher's "
+                       f"max_position_embeddings={tcfg.max_position_embeddings}")
+    self.tokenizer = Tokenizer.from_dir(
+        common.require_path(c.get("tokenizer_path") or self.teacher.tokenizer_dir,
+                            "tokenizer_path", "a directory with vocab.txt or tokenizer.json"))
+    self.init_params = common.random_init_fn(self.student, "none",
+                                             bool(c.student.get("init_from_student")))
+    common.write_student_description(self.student, workdir)
+
+  # -- trainer interface ---------------------------------------------------------------------
+  def param_logical_axes(self, params):
+    return param_logical_axes(params)
+
+  def init_frozen(self):
+    return self.teacher.params
+
+  def frozen_logical_axes(self, frozen):
+    return param_logical_axes(frozen)
+
+  def train_data(self, process_index: int, process_count: int):
+    c = self.config
+    input_dir = common.require_path(c.input_dir, "input_dir", "a directory of text files")
+    return TextCorpus(input_dir, self.tokenizer, c.batch_size // process_count,
+                      c.max_seq_length, seed=c.seed, process_index=process_index,
+                      process_count=process_count)
+
+  def loss_fn(self, params, frozen, batch, rng):
+    c = self.config
+    ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    teacher = self.teacher.bind(frozen)
+    t = teacher(ids, mask, types, capture_layers=[self.t_layer], stop_at_layer=self.t_layer)
+    t_qkv = jax.lax.stop_gradient(_qkv(t.layers[self.t_layer]))
+    student = self.student.bind(params)
+    s = student(ids, mask, types, capture_layers=[self.s_layer], stop_at_layer=self.s_layer,
+                deterministic=False, dropout_rng=rng)
+    loss, terms = minilm_relation_loss(t_qkv, _qkv(s.layers[self.s_layer]), mask,
+                                       c.num_relation_heads, alpha=c.alpha, beta=c.beta,
+                                       return_terms=True)
+    metrics = {f"{k}_relation": v for k, v in terms.items()
+               if k == "token" or (k == "head" and c.alpha) or (k == "sample" and c.beta)}
+    return loss, metrics
+
+  def flops_per_example(self) -> float:
+    L = self.config.max_seq_length
+    return (common.encoder_flops_per_example(self.teacher.config, L, self.t_layer + 1, False)
+            + common.encoder_flops_per_example(self.student.config, L, self.s_layer + 1, True))
+
+  def tokens_per_example(self, batch) -> float:
+    return common.tokens_per_example(batch)
+
+  def export(self, params, directory: str) -> None:
+    common.export_student(self.student, params, directory, tokenizer=self.tokenizer)
+
+
+def _qkv(internals):
+  return (internals.q, internals.k, internals.v)
+
+
+def _check_layer(index: int, n: int, key: str) -> int:
+  if not 0 <= index < n:
+    raise ValueError(f"config key {key!r}={index} is out of range for a model with {n} layers "
+                     f"(0-based: 0..{n - 1})")
+  return index
+
+
+def build(config, workdir):
+  return GeneralDistill(config, workdir)

@@ -1,0 +1,84 @@
+"""kdjax training entry point: picks the recipe named by the config and runs the trainer.
+
+  python -m kdjax.train --config=configs/minilmv2.py --workdir=runs/minilmv2
+  python -m kdjax.train --config=configs/minilmv2.py:demo --workdir=runs/demo
+  python -m kdjax.train --config=configs/ppminilm.py --config.batch_size=128 \\
+      --config.teacher.path=/models/roberta-wwm-ext-large --config.input_dir=/data/corpus
+
+The config file's ``get_config(arg)`` receives the text after ':' (``demo``, ``tiny``, ...).
+Any key can be overridden with --config.<key>=value; an unknown key is an error naming it.
+A run resumes from the latest checkpoint in --workdir (same data position, same RNG).
+On several hosts, start one process per host (see launch/); jax.distributed is initialised
+from the environment.
+"""
+
+from __future__ import annotations
+
+import logging as pylogging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file in configs/, optionally followed by ':arg' "
+    "(e.g. configs/minilmv2.py:demo).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, "
+                               "TensorBoard logs and the exported student (resumed if it "
+                               "already holds checkpoints).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str):
+  """Builds the recipe and trains; returns the final train state."""
+  from kdjax import recipes
+  from kdjax.trainer import Trainer, maybe_initialize_distributed
+  maybe_initialize_distributed()
+  import jax
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2) + "\n")
+  recipe = recipes.build(config, workdir)
+  return Trainer(config, recipe, workdir).train()
+
+
+class _QuietLibraries(pylogging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the console (warnings still show)."""
+
+  def filter(self, record):
+    return record.levelno >= pylogging.WARNING or not any(
+        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "absl"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+def _parse_flags(argv):
+  """absl parsing, with a one-line error for an unknown --config.<key> override."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    bad = [a for a in argv if a.startswith("--config.")]
+    key = str(e).strip("\"'")
+    print(f"error: unknown config key {key!r} in {' '.join(bad)}; see the config file for the "
+          "keys it defines", file=sys.stderr)
+    sys.exit(2)
+
+
+def cli():
+  if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
+    print(__doc__)
+    print(flags.FLAGS.main_module_help())
+    sys.exit(0)
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  cli()

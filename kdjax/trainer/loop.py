@@ -1,0 +1,252 @@
+"""The one training loop. It knows nothing about any method: a recipe supplies params, loss,
+data and optional hooks (see `kdjax.trainer.recipe.Recipe`).
+
+Config keys read (defaults in `kdjax.trainer.config.default_trainer_config()`):
+  seed                 PRNG seed for init and the per-step keys
+  batch_size           global batch (all processes, all micro-steps)
+  max_steps            number of optimizer updates
+  learning_rate, lr_schedule ("linear" | "cosine" | "constant"), warmup_steps (int; < 0 or
+                       None: warmup_proportion * max_steps), warmup_proportion
+  weight_decay         decoupled AdamW decay, not on leaves with ndim < 2
+  adam_b1, adam_b2, adam_eps
+  max_grad_norm        global-norm clipping; 0 / None disables
+  grad_accum_steps     micro-batches per update (batch_size must be divisible)
+  save_steps           checkpoint every n steps (and always at the end); keep_checkpoints
+  async_checkpoint     orbax async saves (waited for before train() returns)
+  logging_steps        metrics line / TensorBoard / metrics.jsonl every n steps
+  eval_steps           recipe.evaluate every n steps and at the end (0: off); keep_best
+  mesh                 {"data", "fsdp", "tensor"}: sizes, one may be -1 (= the rest)
+  logical_axis_rules   [(logical name, mesh axis | tuple of axes | None)]
+  progress_bar, tensorboard
+
+Workdir layout: checkpoints/<step>/{state,data}, best/<step>/params, export/, tb/,
+metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from kdjax.trainer import checkpoint as checkpoint_lib
+from kdjax.trainer import sharding as sharding_lib
+from kdjax.trainer import state as state_lib
+from kdjax.trainer.config import resolve_trainer_config
+from kdjax.trainer.distributed import maybe_initialize_distributed
+from kdjax.trainer.metrics import MetricsLogger
+from kdjax.trainer.optim import make_optimizer, make_schedule
+from kdjax.trainer.step import check_accumulation, make_train_step
+
+
+def _is_due(step: int, every: int | None) -> bool:
+  return bool(every) and step % every == 0
+
+
+class Trainer:
+  """`Trainer(config, recipe, workdir).train()`; `step_fn(state, frozen, batch)` is the jitted
+  step (state donated), usable directly in tests with `init_state()`, `init_frozen()` and
+  `global_batch()`."""
+
+  def __init__(self, config, recipe, workdir):
+    maybe_initialize_distributed()
+    self.config = cfg = resolve_trainer_config(config)
+    self.recipe = recipe
+    self.workdir = os.fspath(workdir)
+    self.mesh = sharding_lib.make_mesh(cfg.mesh)
+    self.rules = tuple(cfg.logical_axis_rules)
+    self._check_batch()
+
+    self.optimizer = make_optimizer(cfg)
+    self.schedule = make_schedule(cfg)
+    init_key, self._train_key = jax.random.split(jax.random.key(cfg.seed))
+    self._init_key = init_key
+    abstract_params = jax.eval_shape(recipe.init_params, init_key)
+    param_logical = getattr(recipe, "param_logical_axes", lambda _: None)(abstract_params)
+    param_shardings = sharding_lib.tree_shardings(abstract_params, param_logical, self.rules,
+                                                  self.mesh)
+    abstract_state = jax.eval_shape(
+        lambda k1, k2: state_lib.create_state(recipe.init_params(k1), self.optimizer, k2),
+        init_key, self._train_key)
+    self.state_shardings = state_lib.state_shardings(abstract_state, param_shardings, self.mesh)
+    self.abstract_state = state_lib.with_shardings(abstract_state, self.state_shardings)
+    self.num_params = state_lib.num_params(abstract_params)
+
+    step = make_train_step(recipe.loss_fn, self.optimizer, cfg.grad_accum_steps, self.schedule)
+    # The state is pinned (a mismatch is an error, not a silent reshard); frozen and batch
+    # (None = unspecified) keep the shardings they were placed with.
+    self.step_fn = jax.jit(
+        step, in_shardings=(self.state_shardings, None, None),
+        out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
+        donate_argnums=0)
+    self._batch_shardings: dict = {}
+
+  # -- building blocks -------------------------------------------------------------------------
+
+  def _check_batch(self) -> None:
+    cfg = self.config
+    check_accumulation(cfg.batch_size, cfg.grad_accum_steps)
+    if cfg.batch_size % jax.process_count():
+      raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of "
+                       f"processes ({jax.process_count()}).")
+    shards = sharding_lib.num_batch_shards(self.mesh, self.rules)
+    micro = cfg.batch_size // cfg.grad_accum_steps
+    if micro % shards:
+      raise ValueError(
+          f"batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps} = {micro} "
+          f"rows per micro-batch must be divisible by the {shards} batch shards of mesh "
+          f"{dict(self.mesh.shape)}.")
+
+  def init_state(self) -> state_lib.TrainState:
+    """Fresh state, created directly in its shardings."""
+    init = jax.jit(
+        lambda k1, k2: state_lib.create_state(self.recipe.init_params(k1), self.optimizer, k2),
+        out_shardings=self.state_shardings)
+    return init(self._init_key, self._train_key)
+
+  def init_frozen(self):
+    """The recipe's frozen pytree placed on the mesh (None when the recipe has none)."""
+    frozen = getattr(self.recipe, "init_frozen", lambda: None)()
+    if frozen is None:
+      return None
+    logical = getattr(self.recipe, "frozen_logical_axes", lambda _: None)(frozen)
+    shardings = sharding_lib.tree_shardings(frozen, logical, self.rules, self.mesh)
+    return sharding_lib.place(frozen, shardings)
+
+  def _batch_sharding(self, name: str, global_shape: tuple[int, ...]):
+    key = (name, global_shape)
+    if key not in self._batch_shardings:
+      axes = None
+      if hasattr(self.recipe, "batch_logical_axes"):
+        axes = self.recipe.batch_logical_axes(name)
+      if axes is None:
+        axes = ("batch",) + (None,) * (len(global_shape) - 1)
+      self._batch_shardings[key] = sharding_lib.batch_sharding(
+          self.mesh, self.rules, tuple(axes), global_shape)
+    return self._batch_shardings[key]
+
+  def global_batch(self, local_batch):
+    """Process-local numpy rows -> global arrays sharded along the batch."""
+    out = {}
+    for name, value in local_batch.items():
+      value = np.asarray(value)
+      global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+      if global_shape[0] != self.config.batch_size:
+        raise ValueError(
+            f"Batch entry {name!r} has {value.shape[0]} rows in this process; expected "
+            f"batch_size={self.config.batch_size} / {jax.process_count()} processes.")
+      out[name] = jax.make_array_from_process_local_data(
+          self._batch_sharding(name, global_shape), value, global_shape)
+    return out
+
+  def host_params(self, params):
+    """Params as host numpy arrays on every process (a collective when multi-host)."""
+    if all(x.is_fully_addressable for x in jax.tree.leaves(params)):
+      return jax.device_get(params)
+    return multihost_utils.process_allgather(params, tiled=True)
+
+  # -- the loop --------------------------------------------------------------------------------
+
+  def train(self) -> state_lib.TrainState:
+    cfg, recipe = self.config, self.recipe
+    is_main = jax.process_index() == 0
+    ckpt = checkpoint_lib.Checkpointer(
+        os.path.join(self.workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints,
+        async_save=cfg.async_checkpoint)
+    best = None
+    if cfg.keep_best and cfg.eval_steps and hasattr(recipe, "evaluate"):
+      best = checkpoint_lib.BestCheckpointer(os.path.join(self.workdir, "best"))
+
+    logging.info("mesh %s over %d devices (%d processes); %s trainable parameters",
+                 dict(self.mesh.shape), jax.device_count(), jax.process_count(),
+                 f"{self.num_params:,}")
+    latest = ckpt.latest_step()
+    data_state, trainer_state = None, {}
+    if latest is None:
+      state = self.init_state()
+    else:
+      state, data_state, trainer_state = ckpt.restore(latest, self.abstract_state)
+      logging.info("resumed from %s at step %d", ckpt.directory, latest)
+    start = int(jax.device_get(state["step"]))
+    best_score = trainer_state.get("best_score")
+    frozen = self.init_frozen()
+
+    if start >= cfg.max_steps:
+      logging.warning("checkpoint step %d >= max_steps=%d: nothing to train; exporting.",
+                      start, cfg.max_steps)
+      self._finish(state, ckpt, best)
+      return state
+
+    data = recipe.train_data(jax.process_index(), jax.process_count())
+    if not all(hasattr(data, name) for name in ("__next__", "get_state", "set_state")):
+      raise TypeError("recipe.train_data() must return an iterator with get_state() and "
+                      f"set_state(); got {type(data).__name__}.")
+    if data_state is not None:
+      data.set_state(data_state)
+    logger = MetricsLogger(
+        self.workdir, batch_size=cfg.batch_size, max_steps=cfg.max_steps, start_step=start,
+        flops_per_example=getattr(recipe, "flops_per_example", lambda: None)(),
+        tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+    tokens_fn = getattr(recipe, "tokens_per_example", None)
+    rows = cfg.batch_size
+
+    try:
+      for step in range(start + 1, cfg.max_steps + 1):
+        try:
+          local = next(data)
+        except StopIteration:
+          raise RuntimeError(f"train_data ran out at step {step} of {cfg.max_steps}.") from None
+        tokens = float(tokens_fn(local)) * rows if tokens_fn else 0.0
+        t0 = time.perf_counter()
+        state, metrics = self.step_fn(state, frozen, self.global_batch(local))
+        logger.record(metrics, tokens)
+        if step == start + 1:  # first step compiles: keep it out of the throughput numbers
+          jax.block_until_ready(metrics)
+          logger.log_text(f"step {step} (compile + run) took {time.perf_counter() - t0:.1f}s")
+          logger.reset_timer()
+        last = step == cfg.max_steps
+        if _is_due(step, cfg.logging_steps) or last:
+          logger.write(step)
+        if cfg.eval_steps and hasattr(recipe, "evaluate") and (_is_due(step, cfg.eval_steps)
+                                                                or last):
+          best_score = self._evaluate(state, frozen, step, logger, best, best_score)
+        preempted = ckpt.reached_preemption(step)
+        if _is_due(step, cfg.save_steps) or last or preempted:
+          ckpt.save(step, state, data.get_state(), {"best_score": best_score})
+        if preempted:
+          logging.warning("preemption at step %d: checkpoint saved, stopping.", step)
+          ckpt.close()
+          return state
+    finally:
+      logger.close()
+    self._finish(state, ckpt, best)
+    return state
+
+  def _evaluate(self, state, frozen, step, logger, best, best_score):
+    results = self.recipe.evaluate(state["params"], frozen, step) or {}
+    logger.write_eval(step, results)
+    score = results.get("score")
+    if score is not None and (best_score is None or float(score) > best_score):
+      best_score = float(score)
+      if best is not None:
+        best.save(step, state["params"], best_score)
+    return best_score
+
+  def _finish(self, state, ckpt, best) -> None:
+    ckpt.close()
+    if best is not None:
+      best.close()
+    export = getattr(self.recipe, "export", None)
+    if export is not None:
+      params = self.host_params(state["params"])
+      if jax.process_index() == 0:
+        directory = os.path.join(self.workdir, "export")
+        os.makedirs(directory, exist_ok=True)
+        export(params, directory)
+        logging.info("exported final params to %s", directory)
+      multihost_utils.sync_global_devices("kdjax_export_done")
+    jax.block_until_ready(state)

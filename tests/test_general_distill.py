@@ -1,0 +1,172 @@
+"""MiniLMv2 / PP-MiniLM general distillation end to end on tiny models (train.run and CLI)."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from kdjax import models
+from kdjax.data import Tokenizer
+from kdjax.models import native
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = ("the a cat dog sat on mat ran fast slow big small red blue green house tree "
+         "bird sky sun moon star water fire earth wind play jump run walk talk eat").split()
+
+
+def _config(name, arg):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  root = tmp_path_factory.mktemp("gd")
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [".", ","]
+  vocab_file = root / "vocab.txt"
+  vocab_file.write_text("\n".join(vocab) + "\n")
+  tok = Tokenizer.from_vocab(str(vocab_file))
+  cfg = models.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3,
+                          num_attention_heads=4, intermediate_size=64,
+                          max_position_embeddings=64)
+  teacher = models.create_model(cfg, "none", seed=11)
+  models.save_pretrained(teacher, str(root / "teacher"), tokenizer=tok)
+  corpus = root / "corpus"
+  corpus.mkdir()
+  rng = np.random.default_rng(0)
+  for f in range(3):
+    lines = [" ".join(rng.choice(WORDS, size=rng.integers(3, 14))) for _ in range(40)]
+    (corpus / f"shard{f}.txt").write_text("\n".join(lines) + "\n")
+  return str(root / "teacher"), str(corpus)
+
+
+def _tiny(assets, **kw):
+  c = _config("minilmv2", "tiny")
+  c.teacher.path, c.input_dir = assets
+  c.student.hidden_size = 16
+  c.student.num_attention_heads = 2
+  c.student.intermediate_size = 32
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_minilmv2_trains_and_exports_hf(assets, tmp_path):
+  from kdjax.train import run
+  c = _tiny(assets, max_steps=30, logging_steps=5, save_steps=15, warmup_steps=3)
+  workdir = str(tmp_path / "run")
+  run(c, workdir)
+  rows = [r for r in _metrics(workdir) if "loss" in r]
+  assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], rows
+  assert {"token_relation", "learning_rate", "examples_per_sec", "tokens_per_sec"} <= set(rows[0])
+  # The student comes out as an HF directory that transformers reads.
+  transformers = pytest.importorskip("transformers")
+  torch = pytest.importorskip("torch")
+  export = os.path.join(workdir, "export")
+  hf = transformers.AutoModel.from_pretrained(export, add_pooling_layer=False).eval()
+  student = models.from_pretrained(export)
+  assert student.config.hidden_size == 16 and student.config.num_hidden_layers == 2
+  ids = np.array([[2, 5, 6, 7, 3, 0]])
+  mask = (ids > 0).astype(np.int64)
+  with torch.no_grad():
+    ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+  out = student(ids, attention_mask=mask).last_hidden_state
+  assert np.max(np.abs(np.asarray(out) - ref)) < 1e-5
+  # Any checkpoint of the workdir converts to HF.
+  from kdjax.convert import convert
+  convert(workdir, str(tmp_path / "hf15"), step=15)
+  assert os.path.exists(tmp_path / "hf15" / "model.safetensors")
+
+
+def test_ppminilm_terms_logged(assets, tmp_path):
+  from kdjax.train import run
+  c = _config("ppminilm", "tiny")
+  c.teacher.path, c.input_dir = assets
+  c.alpha, c.beta, c.max_steps, c.save_steps = 0.2, 0.3, 4, 0
+  run(c, str(tmp_path / "pp"))
+  rows = _metrics(str(tmp_path / "pp"))
+  last = [r for r in rows if "loss" in r][-1]
+  assert {"token_relation", "head_relation", "sample_relation"} <= set(last)
+  expect = 0.5 * last["token_relation"] + 0.2 * last["head_relation"] + 0.3 * last["sample_relation"]
+  assert last["loss"] == pytest.approx(expect, rel=1e-4)
+
+
+def test_config_errors(assets, tmp_path):
+  from kdjax.recipes.general_distill import GeneralDistill
+  with pytest.raises(ValueError, match="teacher_layer_index.*out of range.*3 layers"):
+    GeneralDistill(_tiny(assets, teacher_layer_index=3), str(tmp_path))
+  with pytest.raises(ValueError, match="num_relation_heads.*3.*hidden size"):
+    GeneralDistill(_tiny(assets, num_relation_heads=3), str(tmp_path))
+  c = _tiny(assets)
+  c.teacher.path = str(tmp_path / "nope")
+  with pytest.raises(FileNotFoundError, match="teacher.path"):
+    GeneralDistill(c, str(tmp_path))
+  c = _tiny(assets, input_dir=str(tmp_path / "missing"))
+  with pytest.raises((FileNotFoundError, ValueError), match="input_dir"):
+    GeneralDistill(c, str(tmp_path)).train_data(0, 1)
+
+
+def _cli(args, **popen):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  return subprocess.Popen([sys.executable, "-m", "kdjax.train", *args], env=env, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def _cli_args(assets, workdir, *extra):
+  teacher, corpus = assets
+  return ["--config=configs/minilmv2.py:tiny", f"--workdir={workdir}",
+          f"--config.teacher.path={teacher}", f"--config.input_dir={corpus}",
+          "--config.async_checkpoint=False", *extra]
+
+
+def test_cli_unknown_key_and_help(assets, tmp_path):
+  p = _cli(_cli_args(assets, tmp_path / "x", "--config.no_such_key=1"))
+  out, _ = p.communicate(timeout=120)
+  assert p.returncode != 0 and "no_such_key" in out
+  p = _cli(["--help"])
+  out, _ = p.communicate(timeout=120)
+  assert p.returncode == 0 and "--workdir" in out and "resumes" in out
+
+
+def test_cli_sigkill_then_resume_is_exact(assets, tmp_path):
+  """A run SIGKILLed after its step-4 checkpoint resumes to the same final params."""
+  n, every = 8, 4
+  full = tmp_path / "full"
+  p = _cli(_cli_args(assets, full, f"--config.max_steps={n}", f"--config.save_steps={every}"))
+  out, _ = p.communicate(timeout=300)
+  assert p.returncode == 0, out
+
+  killed = tmp_path / "killed"
+  # Slow steps down after the checkpoint so the kill lands mid-run, not after the end.
+  p = _cli(_cli_args(assets, killed, f"--config.max_steps={n}", f"--config.save_steps={every}",
+                     "--config.logging_steps=1"),
+           start_new_session=True)
+  ckpt = killed / "checkpoints" / str(every)
+  deadline = time.time() + 240
+  while not ckpt.exists() and time.time() < deadline and p.poll() is None:
+    time.sleep(0.05)
+  os.killpg(p.pid, signal.SIGKILL)
+  p.communicate()
+  assert ckpt.exists(), "checkpoint never appeared"
+  p = _cli(_cli_args(assets, killed, f"--config.max_steps={n}", f"--config.save_steps={every}"))
+  out, _ = p.communicate(timeout=300)
+  assert p.returncode == 0, out
+  a = models.params_of(native.load(str(full)))
+  b = models.params_of(native.load(str(killed)))
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
