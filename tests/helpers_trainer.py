@@ -186,9 +186,11 @@ def main(argv):
   import jax
   sharding = {jax.tree_util.keystr(p): str(x.sharding.spec)
               for p, x in jax.tree_util.tree_leaves_with_path(state["params"])}
+  opt_spec = {jax.tree_util.keystr(p): str(x.sharding.spec)
+              for p, x in jax.tree_util.tree_leaves_with_path(state["opt_state"])}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "run_info.json"), "w") as f:
-      json.dump({"params_spec": sharding, "devices": jax.device_count(),
+      json.dump({"params_spec": sharding, "opt_spec": opt_spec, "devices": jax.device_count(),
                  "processes": jax.process_count(), "mesh": dict(trainer.mesh.shape)}, f)
 
 

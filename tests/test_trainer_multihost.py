@@ -77,6 +77,10 @@ def test_fsdp_mesh_shards_params_and_matches_one_device(runs):
   assert info["devices"] == 8 and info["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
   spec = info["params_spec"]
   assert "fsdp" in spec["['dense1']['kernel']"] and "fsdp" in spec["['dense2']['kernel']"]
+  opt = info["opt_spec"]  # Adam moments follow their parameters; counters replicated
+  for moment in ("mu", "nu"):
+    assert opt[f"[1][0].{moment}['dense1']['kernel']"] == spec["['dense1']['kernel']"]
+  assert opt["[1][0].count"] == "P()"
   assert _info(runs["one"])["devices"] == 1
   one, eight = _losses(runs["one"]), _losses(runs["eight"])
   assert one.shape == (5, 2)

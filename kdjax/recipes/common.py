@@ -93,14 +93,16 @@ def build_student(scfg, base: models.BertConfig, head: str = "none", num_labels=
   return ModelHandle(model)
 
 
-def random_init_fn(handle: ModelHandle, head: str, from_checkpoint: bool):
-  """init_params(rng) for the trainer: the loaded values, or a fresh random init."""
+def init_fns(handle: ModelHandle, head: str, from_checkpoint: bool):
+  """(init_params, initial_params) for the trainer: a fresh random init traced by jit, or
+  the loaded values handed over as host arrays (never baked into a compiled program)."""
   if from_checkpoint:
     values = handle.params
-    return lambda rng: values
+    return (lambda rng: jax.tree.map(jnp.asarray, values)), (lambda: values)
   cfg = handle.config
   pool = models.encoder_of(handle.model()).pooler is not None
-  return lambda rng: P.params_of(models.create_model(cfg, head, seed=rng, add_pooling_layer=pool))
+  return (lambda rng: P.params_of(models.create_model(cfg, head, seed=rng,
+                                                      add_pooling_layer=pool))), (lambda: None)
 
 
 def encoder_flops_per_example(cfg: models.BertConfig, seq_len: int, num_layers: int,
@@ -125,3 +127,8 @@ def write_student_description(handle: ModelHandle, workdir: str) -> None:
   checkpoint of the workdir into an HF directory."""
   if jax.process_index() == 0:
     native.write_description(handle.model(), os.path.join(workdir, "student"))
+
+
+def random_init_fn(handle: ModelHandle, head: str, from_checkpoint: bool):
+  """Deprecated: use :func:`init_fns` (its second function hands loaded weights over)."""
+  return init_fns(handle, head, from_checkpoint)[0]

@@ -20,12 +20,15 @@ from kdjax.recipes import common
 
 class GeneralDistill:
 
-  def __init__(self, config, workdir: str):
+  def __init__(self, config, workdir: str | None, teacher: common.ModelHandle | None = None,
+               student: common.ModelHandle | None = None, tokenizer: Tokenizer | None = None):
+    """``teacher``/``student``/``tokenizer`` may be given in memory (benchmarks, tests);
+    by default they come from ``teacher.path`` / ``student.*`` / the teacher's vocab."""
     self.config = c = config
-    self.teacher = common.load_teacher(c.teacher)
+    self.teacher = teacher or common.load_teacher(c.teacher)
     tcfg = self.teacher.config
-    self.student = common.build_student(c.student, tcfg.replace(dtype="float32"),
-                                        tokenizer_dir=self.teacher.tokenizer_dir)
+    self.student = student or common.build_student(c.student, tcfg.replace(dtype="float32"),
+                                                   tokenizer_dir=self.teacher.tokenizer_dir)
     scfg = self.student.config
     self.t_layer = _check_layer(c.teacher_layer_index, tcfg.num_hidden_layers,
                                 "teacher_layer_index")
@@ -41,12 +44,13 @@ class GeneralDistill:
     if c.max_seq_length + tcfg.position_offset > tcfg.max_position_embeddings:
       raise ValueError(f"config key 'max_seq_length'={c.max_seq_length} exceeds the teacher's "
                        f"max_position_embeddings={tcfg.max_position_embeddings}")
-    self.tokenizer = Tokenizer.from_dir(
+    self.tokenizer = tokenizer or Tokenizer.from_dir(
         common.require_path(c.get("tokenizer_path") or self.teacher.tokenizer_dir,
                             "tokenizer_path", "a directory with vocab.txt or tokenizer.json"))
-    self.init_params = common.random_init_fn(self.student, "none",
-                                             bool(c.student.get("init_from_student")))
-    common.write_student_description(self.student, workdir)
+    self.init_params, self.initial_params = common.init_fns(
+        self.student, "none", bool(c.student.get("init_from_student")))
+    if workdir is not None:
+      common.write_student_description(self.student, workdir)
 
   # -- trainer interface ---------------------------------------------------------------------
   def param_logical_axes(self, params):

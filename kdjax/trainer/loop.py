@@ -72,6 +72,7 @@ class Trainer:
     abstract_state = jax.eval_shape(
         lambda k1, k2: state_lib.create_state(recipe.init_params(k1), self.optimizer, k2),
         init_key, self._train_key)
+    self.param_shardings = param_shardings
     self.state_shardings = state_lib.state_shardings(abstract_state, param_shardings, self.mesh)
     self.abstract_state = state_lib.with_shardings(abstract_state, self.state_shardings)
     self.num_params = state_lib.num_params(abstract_params)
@@ -102,7 +103,17 @@ class Trainer:
           f"{dict(self.mesh.shape)}.")
 
   def init_state(self) -> state_lib.TrainState:
-    """Fresh state, created directly in its shardings."""
+    """Fresh state, created directly in its shardings.
+
+    A recipe that starts from loaded weights provides ``initial_params()`` (host arrays):
+    they are placed on the mesh as they are instead of being baked into the init program.
+    """
+    initial = getattr(self.recipe, "initial_params", lambda: None)()
+    if initial is not None:
+      params = sharding_lib.place(initial, self.param_shardings)
+      init = jax.jit(lambda p, k2: state_lib.create_state(p, self.optimizer, k2),
+                     out_shardings=self.state_shardings)
+      return init(params, self._train_key)
     init = jax.jit(
         lambda k1, k2: state_lib.create_state(self.recipe.init_params(k1), self.optimizer, k2),
         out_shardings=self.state_shardings)

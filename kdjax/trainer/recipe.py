@@ -44,6 +44,10 @@ class Recipe(Protocol):
 
   Optional methods.
 
+  initial_params() -> pytree | None
+      Loaded starting weights (host arrays, same structure as init_params' result): placed on
+      the mesh directly rather than traced into the init program (init_params is then only
+      used for shapes).
   init_frozen() -> pytree | None
       The frozen teacher (host numpy or jax arrays; every process returns the same values).
       Placed on the mesh, passed to every step (not donated), never differentiated, never

@@ -1,0 +1,112 @@
+"""TinyBERT task-specific distillation (recipe "tinybert"; seed: PaddleNLP TinyBERT example).
+
+Two runs, one per stage; stage 2's student starts from stage 1's export:
+
+  # (optional) augmented training set, in the task's own format
+  python -m kdjax.augment --task=SST-2 --data_dir=/data/glue/SST-2 \\
+      --mlm_model=/models/bert-base-uncased-mlm --output_dir=/data/glue/SST-2-aug
+  # stage 1: embeddings + hidden states (through a learned W_h) + attention scores
+  python -m kdjax.train --config=configs/tinybert.py:intermediate,task=SST-2 \\
+      --config.teacher.path=/models/bert-base-sst2 --config.student.path=/models/tinybert-6l \\
+      --config.data_dir=/data/glue/SST-2 --config.train_file=/data/glue/SST-2-aug/train.tsv \\
+      --workdir=runs/tinybert_sst2_inter
+  # stage 2: soft cross-entropy on the logits, dev evaluation, best checkpoint kept
+  python -m kdjax.train --config=configs/tinybert.py:prediction,task=SST-2 \\
+      --config.teacher.path=/models/bert-base-sst2 \\
+      --config.student.path=runs/tinybert_sst2_inter/export \\
+      --config.data_dir=/data/glue/SST-2 --config.train_file=/data/glue/SST-2-aug/train.tsv \\
+      --workdir=runs/tinybert_sst2_pred
+
+``:arg`` is a comma list (kdjax/config_args.py): variants ``intermediate`` (default),
+``prediction``, ``tiny`` and ``key=value`` pairs (``stage=``, ``task=``, ``data_dir=``,
+``teacher=`` / ``student=`` for the model paths, ...).
+
+Seed table (-1 = resolved by the recipe from the task): batch 32; max_seq_length 64 for SST-2
+and CoLA, 128 otherwise; intermediate-layer epochs SST-2 20, QQP 10, MRPC 20, CoLA 50, STS-B 20,
+RTE 20, MNLI 10, QNLI 10 (other tasks 20); prediction-layer epochs 3; learning rate 5e-5
+(stage 1) / 3e-5 (stage 2); temperature T = 1. As elsewhere in kdjax: max_steps <= 0 ->
+epochs * steps_per_epoch, eval_steps / save_steps < 0 -> once per epoch, warm-up 10 %.
+
+The teacher is a model fine-tuned on the task (HF / kdjax directory or a finetune workdir,
+whose best dev checkpoint is used). The student is ``student.path`` (e.g. a general-distilled
+TinyBERT) or, without a path, the teacher's architecture with the ``student.*`` overrides
+(randomly initialised). ``layer_map`` (0-based teacher layer per student layer) overrides the
+uniform map; stage 1 needs equal attention head counts.
+"""
+
+import ml_collections
+
+from kdjax.config_args import apply_arg
+from kdjax.trainer.config import default_trainer_config
+
+
+def base_config():
+  c = default_trainer_config()
+  c.recipe = "tinybert"
+  c.stage = "intermediate"  # intermediate | prediction
+  c.task = ""               # kdjax.data.tasks name (sst-2, mrpc, tnews, ...) or rotten_tomatoes
+  c.data_dir = ""           # the task folder or the GLUE / CLUE root holding it
+  c.train_file = ""         # replaces the train split (task format), e.g. kdjax.augment output
+  c.teacher = ml_collections.ConfigDict(dict(path="", dtype="float32"))
+  c.student = ml_collections.ConfigDict(dict(
+      path="",
+      num_hidden_layers=ml_collections.FieldReference(None, field_type=int),
+      hidden_size=ml_collections.FieldReference(None, field_type=int),
+      num_attention_heads=ml_collections.FieldReference(None, field_type=int),
+      intermediate_size=ml_collections.FieldReference(None, field_type=int),
+      hidden_dropout_prob=ml_collections.FieldReference(None, field_type=float),
+      attention_probs_dropout_prob=ml_collections.FieldReference(None, field_type=float),
+      dtype="float32", seed=0))
+  c.tokenizer_path = ""     # default: the teacher's directory
+  # Stage 1: teacher layer (0-based) per student layer, e.g. (2, 5, 8, 11) or, in the ':arg',
+  # layer_map=2;5;8;11. Empty: the uniform map, student layer i <- teacher layer (i+1)*k - 1.
+  c.layer_map = ()
+  # Stage 2.
+  c.temperature = 1.0
+  c.hard_label_weight = 0.0
+  # Schedule (-1: the seed's table, see above).
+  c.max_seq_length = -1
+  c.num_train_epochs = -1.0
+  c.learning_rate = -1.0
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.max_steps = -1
+  c.warmup_steps = -1
+  c.warmup_proportion = 0.1
+  c.weight_decay = 0.01
+  c.max_grad_norm = 1.0
+  c.eval_steps = -1
+  c.save_steps = -1
+  c.keep_checkpoints = 1
+  c.logging_steps = 50
+  c.seed = 42
+  return c
+
+
+def _intermediate(c):
+  c.stage = "intermediate"
+
+
+def _prediction(c):
+  c.stage = "prediction"
+
+
+def _tiny(c):
+  c.teacher.dtype = "float32"
+  c.max_seq_length = 16
+  c.batch_size = 4
+  c.eval_batch_size = 8
+  c.learning_rate = 1e-3
+  c.num_train_epochs = 1.0
+  c.logging_steps = 1
+  c.async_checkpoint = False
+  c.progress_bar = False
+  c.tensorboard = False
+
+
+VARIANTS = {"intermediate": _intermediate, "prediction": _prediction, "tiny": _tiny}
+ALIASES = {"teacher": "teacher.path", "student": "student.path"}
+
+
+def get_config(arg=None):
+  return apply_arg(base_config(), arg, VARIANTS, ALIASES)

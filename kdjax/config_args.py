@@ -1,0 +1,85 @@
+"""The ``:arg`` string of ``--config=configs/<recipe>.py:<arg>``.
+
+``ml_collections.config_flags`` splits the flag value at the FIRST ':' and passes the rest,
+unparsed, to ``get_config(arg)``. Configs that use :func:`apply_arg` accept a comma-separated
+list of items:
+
+  * a bare word names a variant (``tiny``, ``demo``), applied first, in order;
+  * ``key=value`` sets a config key (dotted for nested keys: ``model.path=/m``), after the
+    variants; short aliases (``model`` -> ``model.path``) are config specific. The value is
+    converted to the type of the key's current value (bool: true/false/1/0/yes/no;
+    tuple / list: ``a;b;c``).
+
+  --config=configs/finetune.py:task=tnews,model=/models/ppminilm,data_dir=/data/clue
+  --config=configs/finetune.py:tiny,task=sst-2
+
+Values cannot contain ',' (use the ``--config.<key>=`` flags for those).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Optional
+
+import ml_collections
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _convert(key: str, text: str, current):
+  if isinstance(current, bool):
+    low = text.lower()
+    if low not in _TRUE + _FALSE:
+      raise ValueError(f"config arg {key}={text!r}: expected a boolean")
+    return low in _TRUE
+  if isinstance(current, (tuple, list)):
+    items = [t for t in text.split(";") if t]
+    kind = type(current[0]) if current else str
+    return type(current)(kind(t) for t in items)
+  if isinstance(current, int):
+    return int(text)
+  if isinstance(current, float):
+    return float(text)
+  return text
+
+
+def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+      raise ValueError(f"config arg {key}={text!r}: no such config key {key!r}")
+    node = node[p]
+  if leaf not in node:
+    raise ValueError(f"config arg {key}={text!r}: no such config key {key!r}")
+  current = node[leaf]
+  if current is None:
+    ref = node.get_ref(leaf)
+    kind = getattr(ref, "_field_type", None)
+    value = kind(text) if kind in (int, float) else text
+  else:
+    try:
+      value = _convert(key, text, current)
+    except ValueError as e:
+      raise ValueError(f"config arg {key}={text!r}: {e}") from None
+  node[leaf] = value
+
+
+def apply_arg(config: ml_collections.ConfigDict, arg: Optional[str],
+              variants: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
+              aliases: Optional[Mapping[str, str]] = None) -> ml_collections.ConfigDict:
+  """Applies ``arg`` (see the module docstring) to ``config`` in place and returns it."""
+  if not arg:
+    return config
+  items = [s.strip() for s in arg.split(",") if s.strip()]
+  words = [s for s in items if "=" not in s]
+  pairs = [s.split("=", 1) for s in items if "=" in s]
+  for w in words:
+    if w not in variants:
+      raise ValueError(f"unknown config variant {w!r} (known: {', '.join(sorted(variants))}; "
+                       "or key=value pairs)")
+    variants[w](config)
+  for key, value in pairs:
+    key = key.strip()
+    _set(config, (aliases or {}).get(key, key), value.strip())
+  return config

@@ -1,0 +1,146 @@
+"""Evaluate or run a fine-tuned classifier on a CLUE / GLUE task (or the Rotten Tomatoes demo).
+
+  # dev metrics (printed as JSON and written to OUTPUT_DIR/<task>_<split>_metrics.json)
+  python -m kdjax.evaluate --model=runs/tnews --task=tnews --data_dir=/data/clue
+  # test predictions: CLUE <task>_predict.json (one {"id", "label"} per line) or GLUE <TASK>.tsv
+  python -m kdjax.evaluate --model=runs/tnews --task=tnews --data_dir=/data/clue \\
+      --split=test --output_dir=submission
+  # teacher predict mode for vanilla KD: id / label / logits of every training example
+  python -m kdjax.evaluate --model=runs/teacher --task=sst-2 --data_dir=/data/glue \\
+      --split=train --logits_output=runs/teacher/train_logits.tsv
+
+--model is a kdjax trainer workdir (the best dev checkpoint in workdir/best when there is one,
+else the latest checkpoint; --checkpoint=latest / --step=N pick another), a kdjax model
+directory or a Hugging Face directory; it must hold a classifier with the task's label count.
+--split: "dev" = every dev split of the task (MNLI: dev_matched and dev_mismatched), "test" =
+every split with a submission file (MNLI: test_matched -> MNLI-m.tsv, test_mismatched ->
+MNLI-mm.tsv), or any split name of the task (train, dev_matched, ...).
+
+The logits TSV (kdjax/data/logits_tsv.py) has a header line "id<TAB>label<TAB>logits", then
+one row per example in file order: the example id, its gold label as written in the data (''
+when the split has none) and the logits as space-separated floats (num_labels of them; 9
+significant digits, which round-trips float32 exactly). configs/vanilla_kd.py reads it as
+logits_saved_path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+
+def resolve_splits(task, split: str) -> tuple[str, ...]:
+  if split == "dev":
+    return task.eval_splits
+  if split == "test":
+    if not task.test_splits:
+      raise ValueError(f"{task.name} has no test split with a submission format")
+    return task.test_splits
+  return (split,)
+
+
+def evaluate(model: str, task: str, data_dir: Optional[str] = None, split: str = "dev",
+             output_dir: str = "eval_results", batch_size: int = 64,
+             max_seq_length: Optional[int] = None, checkpoint: str = "best",
+             step: Optional[int] = None, logits_output: Optional[str] = None,
+             dtype: Optional[str] = None) -> dict:
+  """Runs the model on the split(s); returns {split: metrics} (empty metrics where the split
+  has no labels) and writes the files described in the module docstring."""
+  from kdjax.data import Tokenizer
+  from kdjax.data.classification import encode_examples
+  from kdjax.data.logits_tsv import write_logits_tsv
+  from kdjax.data.tasks import default_hparams, write_clue_predictions, write_glue_predictions
+  from kdjax.models import head_of
+  from kdjax.recipes import classify, common
+
+  t = classify.get_classification_task(task)
+  net = classify.load_model(model, head="auto", dtype=dtype, checkpoint=checkpoint, step=step)
+  if head_of(net) != "classification" or net.config.num_labels != t.num_labels:
+    raise ValueError(f"{model}: not a classifier with {t.num_labels} labels for {t.name} "
+                     f"(head {head_of(net)!r}, num_labels {net.config.num_labels}); "
+                     "fine-tune it first (recipe finetune)")
+  if not getattr(net, "tokenizer_dir", None):
+    raise ValueError(f"{model}: no tokenizer (vocab.txt / tokenizer.json) next to the model")
+  tokenizer = Tokenizer.from_dir(net.tokenizer_dir)
+  if max_seq_length is None:
+    max_seq_length = _trained_max_seq_length(model) or min(
+        default_hparams(t.spec)["max_seq_length"] if t.spec is not None else 128,
+        net.config.max_position_embeddings - net.config.position_offset)
+  handle = common.ModelHandle(net)
+  predictor = classify.Predictor(handle, batch_size)
+  splits = resolve_splits(t, split)
+  if logits_output and len(splits) != 1:
+    raise ValueError(f"--logits_output needs one split; {split!r} means {', '.join(splits)}")
+  results = {}
+  for s in splits:
+    examples = t.load(data_dir, s)
+    feats = encode_examples(examples, tokenizer, max_seq_length, regression=t.is_regression)
+    logits = predictor.logits(handle.params, feats)
+    labeled = all(ex.label is not None for ex in examples)
+    metrics = t.metrics(logits, feats["labels"]) if labeled and examples else {}
+    results[s] = {k: float(v) for k, v in metrics.items()}
+    os.makedirs(output_dir, exist_ok=True)
+    if metrics:
+      with open(os.path.join(output_dir, f"{t.name}_{s}_metrics.json"), "w") as f:
+        json.dump({"task": t.name, "split": s, "model": model, "metrics": results[s]}, f,
+                  indent=2)
+    if logits_output:
+      write_logits_tsv(logits_output, examples, logits, t.label_string)
+    elif t.spec is not None and s in t.spec.submission_files:
+      ids, preds = [ex.id for ex in examples], t.predictions(logits)
+      if t.spec.benchmark == "clue":
+        write_clue_predictions(t.spec, ids, preds, output_dir)
+      else:
+        write_glue_predictions(t.spec, ids, preds, output_dir, split=s)
+  return results
+
+
+def _trained_max_seq_length(model: str) -> Optional[int]:
+  """max_seq_length of the run that trained a workdir (its config.json), if any."""
+  try:
+    with open(os.path.join(model, "config.json")) as f:
+      value = json.load(f).get("max_seq_length")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  p = argparse.ArgumentParser(prog="python -m kdjax.evaluate", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", required=True,
+                 help="trainer workdir, kdjax model directory or Hugging Face directory")
+  p.add_argument("--task", required=True, help="task name (tnews, sst-2, mnli, ... or "
+                 "rotten_tomatoes)")
+  p.add_argument("--data_dir", default=None, help="task folder or CLUE / GLUE root")
+  p.add_argument("--split", default="dev", help="dev (default), test, or a split name")
+  p.add_argument("--output_dir", default="eval_results",
+                 help="where metrics JSON and submission files go (default: ./eval_results)")
+  p.add_argument("--batch_size", type=int, default=64)
+  p.add_argument("--max_seq_length", type=int, default=None,
+                 help="default: the workdir's training config, else the task's default")
+  p.add_argument("--checkpoint", choices=["best", "latest"], default="best",
+                 help="for a workdir: the best dev checkpoint (default) or the latest")
+  p.add_argument("--step", type=int, default=None, help="for a workdir: this checkpoint step")
+  p.add_argument("--logits_output", default=None,
+                 help="teacher predict mode: write id/label/logits TSV of the split here")
+  p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  try:
+    results = evaluate(args.model, args.task, args.data_dir, args.split, args.output_dir,
+                       args.batch_size, args.max_seq_length, args.checkpoint, args.step,
+                       args.logits_output, args.dtype)
+  except (ValueError, FileNotFoundError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps({"task": args.task, "model": args.model, "results": results}, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
