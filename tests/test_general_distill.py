@@ -92,12 +92,14 @@ def test_minilmv2_trains_and_exports_hf(assets, tmp_path):
   assert os.path.exists(tmp_path / "hf15" / "model.safetensors")
 
 
-def test_ppminilm_terms_logged(assets, tmp_path):
+def test_ppminilm_terms_logged(assets, tmp_path, monkeypatch):
   from kdjax.train import run
   c = _config("ppminilm", "tiny")
   c.teacher.path, c.input_dir = assets
-  c.alpha, c.beta, c.max_steps, c.save_steps = 0.2, 0.3, 4, 0
-  run(c, str(tmp_path / "pp"))
+  c.alpha, c.beta, c.max_steps, c.save_steps = 0.2, 0.3, 4, 2
+  monkeypatch.chdir(tmp_path)
+  run(c, "pp")  # a relative workdir (orbax itself wants absolute paths)
+  assert (tmp_path / "pp" / "checkpoints" / "4").is_dir()
   rows = _metrics(str(tmp_path / "pp"))
   last = [r for r in rows if "loss" in r][-1]
   assert {"token_relation", "head_relation", "sample_relation"} <= set(last)

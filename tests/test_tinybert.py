@@ -185,8 +185,10 @@ def test_two_stages_end_to_end(assets, tmp_path):
   for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
     c2.student[k] = None
   c2.student.path = export1
+  c2.student.hidden_dropout_prob = 0.0  # a dropout override is allowed with a path
   (tmp_path / "probe").mkdir()
   recipe = tinybert.build(copy.deepcopy(c2), str(tmp_path / "probe"))
+  assert recipe.student.config.hidden_dropout_prob == 0.0
   init = recipe.init_params(jax.random.key(0))
   loaded = models.params_of(models.from_pretrained(export1, head="classification"))
   np.testing.assert_array_equal(

@@ -118,12 +118,16 @@ class Embeddings(nnx.Module):
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     init = jax.nn.initializers.normal(cfg.initializer_range)
     dt = _compute_dtype(cfg)
-    self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt,
+    # Lookups stay float32 (the LayerNorm casts to the compute dtype): a bfloat16 lookup
+    # makes the embedding gradient a bfloat16 scatter-add, which XLA:GPU runs with
+    # compare-and-swap loops (a 20x slower backward pass on H100).
+    f32 = jnp.float32
+    self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=f32,
                                      embedding_init=init, rngs=rngs)
     self.position_embeddings = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size,
-                                         dtype=dt, embedding_init=init, rngs=rngs)
+                                         dtype=f32, embedding_init=init, rngs=rngs)
     self.token_type_embeddings = nnx.Embed(max(cfg.type_vocab_size, 1), cfg.hidden_size,
-                                           dtype=dt, embedding_init=init, rngs=rngs)
+                                           dtype=f32, embedding_init=init, rngs=rngs)
     self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dt, rngs=rngs)
     self.cfg = cfg
 

@@ -53,12 +53,14 @@ from kdjax.data.tasks import get_task
 from kdjax.losses import (attention_mse, cross_entropy, embedding_mse, hidden_mse,
                           mse_regression, soft_cross_entropy, uniform_layer_map)
 from kdjax.models import param_logical_axes
+from kdjax.models import params as P
 from kdjax.recipes import classify, common
 from kdjax.recipes.finetune import evaluate_splits, resolve_steps, write_resolved_config
 
 STAGES = ("intermediate", "prediction")
 TRAIN_KEYS = classify.INPUT_KEYS + ("labels",)
 PROJ = "proj"
+SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 
 # The seed's table (PaddleNLP TinyBERT README): max_seq_length, intermediate-layer epochs;
 # prediction-layer epochs are 3 and the learning rates 5e-5 / 3e-5 for every task, batch 32.
@@ -143,15 +145,22 @@ def load_teacher(tcfg, task: classify.Task, stage: str) -> common.ModelHandle:
 def build_student(scfg, teacher_cfg: models.BertConfig, task: classify.Task,
                   tokenizer_dir) -> tuple[common.ModelHandle, bool]:
   """(handle of a classification model, loaded-from-a-checkpoint?)."""
-  overrides = [k for k in common.ARCH_KEYS if scfg.get(k) is not None]
   if scfg.get("path"):
-    if overrides:
+    shape_keys = [k for k in SHAPE_KEYS if scfg.get(k) is not None]
+    if shape_keys:
       raise ValueError(f"set either student.path or the student architecture keys "
-                       f"{overrides}, not both (the weights fix the architecture)")
+                       f"{shape_keys}, not both (the weights fix the architecture)")
     path = common.require_path(scfg.path, "student.path", "a Hugging Face / kdjax model "
                                "directory or trainer workdir (e.g. <stage-1 workdir>/export)")
     model = classify.load_classifier(path, task.num_labels, seed=int(scfg.seed),
                                      dtype=scfg.get("dtype") or None)
+    dropout = {k: scfg[k] for k in common.ARCH_KEYS
+               if k not in SHAPE_KEYS and scfg.get(k) is not None}
+    if dropout:  # same weights, a model built with the new dropout rates
+      cfg = model.config.replace(**dropout)
+      tokenizer_dir = getattr(model, "tokenizer_dir", None) or tokenizer_dir
+      skeleton, _ = P.abstract_skeleton(lambda: models.create_model(cfg, "classification"))
+      model = P.bind(skeleton, models.params_of(model))
     from_checkpoint = True
   else:
     cfg = common.student_config(scfg, teacher_cfg.replace(dtype="float32"))

@@ -56,7 +56,7 @@ class Trainer:
     maybe_initialize_distributed()
     self.config = cfg = resolve_trainer_config(config)
     self.recipe = recipe
-    self.workdir = os.fspath(workdir)
+    self.workdir = os.path.abspath(os.fspath(workdir))  # orbax needs absolute paths
     self.mesh = sharding_lib.make_mesh(cfg.mesh)
     self.rules = tuple(cfg.logical_axis_rules)
     self._check_batch()
