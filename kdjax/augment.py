@@ -33,7 +33,6 @@ draws from its own ``np.random.default_rng((seed, row, field))``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -489,7 +488,7 @@ class Table:
   header: bool = True
   text_fields: tuple = ()
   id_field: Optional[str] = None
-  skip: Optional[callable] = None    # rows written as-is, never augmented
+  skip: Optional[Callable] = None    # rows written as-is, never augmented
 
   def write(self, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -521,7 +520,7 @@ def read_tsv(path: str, columns: Optional[Sequence[str]] = None) -> tuple[list, 
       raise ValueError(f"{path}: empty file")
     columns, lines = lines[0].split("\t"), lines[1:]
   rows = []
-  for n, line in enumerate(lines):
+  for line in lines:
     fields = line.split("\t")
     rows.append({c: (fields[i] if i < len(fields) else "") for i, c in enumerate(columns)})
   return list(columns), rows

@@ -172,3 +172,33 @@ def test_cli_sigkill_then_resume_is_exact(assets, tmp_path):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_multihost_2x4_matches_1x8_and_1x1(assets, tmp_path):
+  """The real MiniLMv2 recipe: 2 processes x 4 devices (launch/local.py, jax.distributed) give
+  the losses of 1 process x 8 devices and of 1 device on the same global batches (dropout on:
+  its masks do not depend on the sharding)."""
+  teacher, corpus = assets
+  common = ["--config=configs/minilmv2.py:tiny", f"--config.teacher.path={teacher}",
+            f"--config.input_dir={corpus}", "--config.data_sharding=global",
+            "--config.max_steps=4", "--config.logging_steps=1", "--config.save_steps=0"]
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("KDJAX_", "XLA_FLAGS"))}
+  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+
+  def run(name, launcher=(), mesh="--config.mesh.fsdp=4", **extra):
+    cmd = [sys.executable, *launcher, *([] if launcher else ["-m", "kdjax.train"]),
+           *(["-m", "kdjax.train", "--"] if launcher else []),
+           f"--workdir={tmp_path / name}", *common, mesh]
+    r = subprocess.run(cmd, env=dict(env, **extra), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return np.array([[m["loss"], m["grad_norm"]] for m in _metrics(str(tmp_path / name))
+                     if "loss" in m])
+
+  one = run("one", mesh="--config.mesh.fsdp=1")
+  eight = run("eight", KDJAX_NUM_CPU_DEVICES="8")
+  two = run("two", launcher=(os.path.join(ROOT, "launch", "local.py"), "--num_processes", "2",
+                             "--num_cpu_devices", "4"))
+  assert one.shape == (4, 2)
+  np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-5)

@@ -63,11 +63,21 @@ class GeneralDistill:
     return param_logical_axes(frozen)
 
   def train_data(self, process_index: int, process_count: int):
+    """``data_sharding="files"``: hosts read disjoint files (scales to any corpus size).
+    ``"global"``: every host reads the same global batch and keeps its rows, so a run gives
+    the same batches, losses and checkpoints on any number of hosts (and resumes on another
+    topology); each host then tokenizes the whole global batch."""
     c = self.config
     input_dir = common.require_path(c.input_dir, "input_dir", "a directory of text files")
-    return TextCorpus(input_dir, self.tokenizer, c.batch_size // process_count,
-                      c.max_seq_length, seed=c.seed, process_index=process_index,
-                      process_count=process_count)
+    mode = c.get("data_sharding", "files")
+    if mode == "files":
+      return TextCorpus(input_dir, self.tokenizer, c.batch_size // process_count,
+                        c.max_seq_length, seed=c.seed, process_index=process_index,
+                        process_count=process_count)
+    if mode != "global":
+      raise ValueError(f"config key 'data_sharding'={mode!r} must be 'files' or 'global'")
+    corpus = TextCorpus(input_dir, self.tokenizer, c.batch_size, c.max_seq_length, seed=c.seed)
+    return RowsOfGlobalBatch(corpus, process_index, process_count)
 
   def loss_fn(self, params, frozen, batch, rng):
     c = self.config
@@ -95,6 +105,27 @@ class GeneralDistill:
 
   def export(self, params, directory: str) -> None:
     common.export_student(self.student, params, directory, tokenizer=self.tokenizer)
+
+
+class RowsOfGlobalBatch:
+  """This process's rows of every global batch of ``corpus`` (position = the corpus's)."""
+
+  def __init__(self, corpus, process_index: int, process_count: int):
+    self.corpus, self.index, self.count = corpus, process_index, process_count
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self.corpus)
+    rows = len(batch["input_ids"]) // self.count
+    return {k: v[self.index * rows:(self.index + 1) * rows] for k, v in batch.items()}
+
+  def get_state(self):
+    return self.corpus.get_state()
+
+  def set_state(self, state):
+    self.corpus.set_state(state)
 
 
 def _qkv(internals):
