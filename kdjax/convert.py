@@ -8,6 +8,8 @@ SRC may be
   * a kdjax model directory, or a kdjax trainer workdir (student/kdjax_model.json +
     checkpoints/): converted to a Hugging Face directory that transformers loads
     (latest checkpoint unless --step is given).
+With --keep_layers=0,2,4 only those encoder layers are kept (e.g. a 3-layer student
+initialised from every other layer of a 6-layer model).
 Nothing is downloaded; both sides are local directories.
 """
 
@@ -32,11 +34,14 @@ def detect(src: str) -> str:
 
 
 def convert(src: str, dst: str, to: str | None = None, step: int | None = None,
-            head: str = "auto") -> str:
+            head: str = "auto", keep_layers=None) -> str:
   from kdjax import models
+  from kdjax.models.surgery import keep_layers as select_layers
   kind = detect(src)
   to = to or ("kdjax" if kind == "hf" else "hf")
   model = models.from_pretrained(src, head=head) if kind == "hf" else native.load(src, step)
+  if keep_layers:
+    model = select_layers(model, keep_layers)
   if to == "hf":
     models.save_pretrained(model, dst)
   else:
@@ -56,10 +61,16 @@ def main(argv=None) -> int:
                       help="checkpoint step of a trainer workdir (default: latest)")
   parser.add_argument("--head", default="auto", choices=["auto", "none", "classification", "mlm"],
                       help="head to read from an HF directory (default: from architectures)")
+  parser.add_argument("--keep_layers", default=None,
+                      help="comma-separated 0-based encoder layers to keep, e.g. 0,2,4")
+  parser.add_argument("--to_same", action="store_true",
+                      help="write the same format as SRC (with --keep_layers: HF -> HF)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   try:
-    to = convert(args.src, args.dst, args.to, args.step, args.head)
+    keep = [int(x) for x in args.keep_layers.split(",")] if args.keep_layers else None
+    to = args.to or (detect(args.src) if args.to_same else None)
+    to = convert(args.src, args.dst, to, args.step, args.head, keep)
   except (FileNotFoundError, KeyError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

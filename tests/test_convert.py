@@ -61,3 +61,21 @@ def test_native_save_load_exact(tmp_path):
 def test_cli_errors(tmp_path):
   r = _run(str(tmp_path), str(tmp_path / "out"))
   assert r.returncode != 0 and "neither a Hugging Face directory" in r.stderr
+
+
+def test_keep_layers_hf_to_hf(tmp_path, minilm_dir):
+  """A 3-layer student from layers 0,2,4 of the real MiniLM: its layers equal the source's."""
+  out = str(tmp_path / "l3")
+  r = _run(minilm_dir, out, "--to_same", "--keep_layers=0,2,4")
+  assert r.returncode == 0, r.stderr
+  src, small = models.from_pretrained(minilm_dir), models.from_pretrained(out)
+  assert small.config.num_hidden_layers == 3
+  a, b = models.params_of(src), models.params_of(small)
+  for j, i in enumerate((0, 2, 4)):
+    np.testing.assert_array_equal(a["layer"][str(i)]["query"]["kernel"],
+                                  b["layer"][str(j)]["query"]["kernel"])
+  ids = np.array([[101, 7592, 102]])
+  e1, e2 = src(ids).embedding_output, small(ids).embedding_output
+  np.testing.assert_array_equal(e1, e2)
+  r = _run(minilm_dir, str(tmp_path / "bad"), "--keep_layers=0,9")
+  assert r.returncode != 0 and "0..5" in r.stderr

@@ -129,6 +129,3 @@ def write_student_description(handle: ModelHandle, workdir: str) -> None:
     native.write_description(handle.model(), os.path.join(workdir, "student"))
 
 
-def random_init_fn(handle: ModelHandle, head: str, from_checkpoint: bool):
-  """Deprecated: use :func:`init_fns` (its second function hands loaded weights over)."""
-  return init_fns(handle, head, from_checkpoint)[0]

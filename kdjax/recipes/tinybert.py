@@ -44,6 +44,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from kdjax import models
@@ -202,7 +203,8 @@ class _TaskDistill:
     self.tokenizer = Tokenizer.from_dir(common.require_path(
         tok_dir, "tokenizer_path", "a directory with vocab.txt or tokenizer.json (default: "
         "the teacher's directory)"))
-    self._student_init = common.random_init_fn(self.student, "classification", from_ckpt)
+    self._student_init, self._student_initial = common.init_fns(self.student, "classification",
+                                                                from_ckpt)
 
     examples = self._train_examples()
     self.train_features = self.encode(examples)
@@ -289,6 +291,19 @@ class IntermediateDistill(_TaskDistill):
                       "bias": jnp.zeros((self.widths[1],), jnp.float32)}
     return params
 
+  def initial_params(self):
+    """Loaded student weights (+ a fresh projection) as host arrays, or None (random init)."""
+    values = self._student_initial()
+    if values is None:
+      return None
+    params = dict(values)
+    if self.has_proj:
+      rng = np.random.default_rng(self.config.seed)
+      std = self.student.config.initializer_range
+      params[PROJ] = {"kernel": (std * rng.standard_normal(self.widths)).astype(np.float32),
+                      "bias": np.zeros((self.widths[1],), np.float32)}
+    return params
+
   def internals(self, params, frozen, batch, rng):
     """(student output, teacher output, projection fn) for one batch."""
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
@@ -341,6 +356,9 @@ class PredictionDistill(_TaskDistill):
 
   def init_params(self, rng):
     return self._student_init(rng)
+
+  def initial_params(self):
+    return self._student_initial()
 
   def loss_fn(self, params, frozen, batch, rng):
     c = self.config
