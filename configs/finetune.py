@@ -32,7 +32,7 @@ from kdjax.trainer.config import default_trainer_config
 def base_config():
   c = default_trainer_config()
   c.recipe = "finetune"
-  c.task = ""        # a task of kdjax.data.tasks (afqmc, tnews, sst-2, sts-b, ...) or rotten_tomatoes
+  c.task = ""        # kdjax.data.tasks name (afqmc, tnews, sst-2, sts-b ...) or rotten_tomatoes
   c.data_dir = ""    # the task folder or the CLUE / GLUE root holding it
   c.model = ml_collections.ConfigDict(dict(
       path="",

@@ -207,7 +207,8 @@ def as_classifier(model, num_labels: int, seed: int = 0):
       dst[k] = np.asarray(s)
     else:
       new.append("/".join(k))
-  log.warning("newly initialised classification parameters: %s", ", ".join(new))
+  if new:
+    log.warning("newly initialised classification parameters: %s", ", ".join(new))
   out = P.bind(skeleton, P.unflatten(dst))
   if tokenizer_dir:
     out.tokenizer_dir = tokenizer_dir

@@ -123,7 +123,11 @@ class Finetune:
 
   # -- trainer interface ---------------------------------------------------------------------
   def init_params(self, rng):
+    """Shapes only (the trainer uses initial_params' values): loaded, not random, weights."""
     del rng
+    return jax.tree.map(jnp.asarray, self.model.params)
+
+  def initial_params(self):
     return self.model.params
 
   def param_logical_axes(self, params):
