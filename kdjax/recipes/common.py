@@ -42,6 +42,20 @@ class ModelHandle:
     return m
 
 
+class TeacherStudent:
+  """Recipe mixin: BERT logical axes for the trainable params and for the frozen teacher
+  (``self.teacher``, a :class:`ModelHandle`), whose params are the trainer's frozen pytree."""
+
+  def param_logical_axes(self, params):
+    return models.param_logical_axes(params)
+
+  def init_frozen(self):
+    return self.teacher.params
+
+  def frozen_logical_axes(self, frozen):
+    return models.param_logical_axes(frozen)
+
+
 def require_path(value: Optional[str], key: str, what: str = "a local Hugging Face directory"):
   if not value:
     raise ValueError(f"config key {key!r} is not set: it must name {what}")

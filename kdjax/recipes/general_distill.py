@@ -14,11 +14,10 @@ import jax.numpy as jnp
 
 from kdjax.data import TextCorpus, Tokenizer
 from kdjax.losses import minilm_relation_loss
-from kdjax.models import param_logical_axes
 from kdjax.recipes import common
 
 
-class GeneralDistill:
+class GeneralDistill(common.TeacherStudent):
 
   def __init__(self, config, workdir: str | None, teacher: common.ModelHandle | None = None,
                student: common.ModelHandle | None = None, tokenizer: Tokenizer | None = None):
@@ -53,15 +52,6 @@ class GeneralDistill:
       common.write_student_description(self.student, workdir)
 
   # -- trainer interface ---------------------------------------------------------------------
-  def param_logical_axes(self, params):
-    return param_logical_axes(params)
-
-  def init_frozen(self):
-    return self.teacher.params
-
-  def frozen_logical_axes(self, frozen):
-    return param_logical_axes(frozen)
-
   def train_data(self, process_index: int, process_count: int):
     """``data_sharding="files"``: hosts read disjoint files (scales to any corpus size).
     ``"global"``: every host reads the same global batch and keeps its rows, so a run gives

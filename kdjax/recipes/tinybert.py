@@ -53,7 +53,6 @@ from kdjax.data.classification import ClassificationData, encode_examples
 from kdjax.data.tasks import get_task
 from kdjax.losses import (attention_mse, cross_entropy, embedding_mse, hidden_mse,
                           mse_regression, soft_cross_entropy, uniform_layer_map)
-from kdjax.models import param_logical_axes
 from kdjax.models import params as P
 from kdjax.recipes import classify, common
 from kdjax.recipes.finetune import evaluate_splits, resolve_steps, write_resolved_config
@@ -175,7 +174,7 @@ def build_student(scfg, teacher_cfg: models.BertConfig, task: classify.Task,
 
 
 # ------------------------------------------------------------------------------------ recipe
-class _TaskDistill:
+class _TaskDistill(common.TeacherStudent):
   """What both stages share: task data, teacher, student, export."""
 
   def __init__(self, config, workdir: str):
@@ -236,15 +235,6 @@ class _TaskDistill:
                            regression=self.task.is_regression)
 
   # -- trainer interface ---------------------------------------------------------------------
-  def param_logical_axes(self, params):
-    return param_logical_axes(params)
-
-  def init_frozen(self):
-    return self.teacher.params
-
-  def frozen_logical_axes(self, frozen):
-    return param_logical_axes(frozen)
-
   def train_data(self, process_index: int, process_count: int):
     c = self.config
     feats = {k: self.train_features[k] for k in TRAIN_KEYS}
