@@ -169,4 +169,4 @@ def main(argv: Sequence[str]):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  train_lib.cli(main, __doc__)

@@ -72,12 +72,16 @@ def _parse_flags(argv):
     sys.exit(2)
 
 
-def cli():
+def cli(main_fn=None, doc: str | None = None):
+  """Runs an absl main: --help prints ``doc`` and the flags (exit 0), and an unknown
+  --config.<key> is a one-line error."""
   if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
-    print(__doc__)
-    print(flags.FLAGS.main_module_help())
+    print(doc or __doc__)
+    print(flags.FLAGS.module_help(sys.modules[__name__]))
+    if main_fn is not None:  # another module's main: its own flags too
+      print(flags.FLAGS.main_module_help())
     sys.exit(0)
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main_fn or main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":
