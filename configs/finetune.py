@@ -25,7 +25,7 @@ dev score (the task's main metric) in workdir/best; ``python -m kdjax.evaluate``
 
 import ml_collections
 
-from kdjax.config_args import apply_arg
+from kdjax.config_args import apply_arg, task_schedule, tiny_task_schedule
 from kdjax.trainer.config import default_trainer_config
 
 
@@ -40,21 +40,7 @@ def base_config():
       seed=0,           # init of a fresh classifier head
   ))
   c.tokenizer_path = ""  # default: the model's directory
-  c.max_seq_length = -1      # -1: task default
-  c.num_train_epochs = -1.0  # -1: task default
-  c.learning_rate = -1.0     # -1: task default
-  c.batch_size = 32
-  c.eval_batch_size = 64
-  c.max_steps = -1           # <= 0: num_train_epochs * steps_per_epoch
-  c.warmup_steps = -1        # < 0: warmup_proportion * max_steps
-  c.warmup_proportion = 0.1
-  c.weight_decay = 0.01
-  c.max_grad_norm = 1.0
-  c.eval_steps = -1          # < 0: once per epoch (and always at the end)
-  c.save_steps = -1          # < 0: = eval_steps
-  c.keep_checkpoints = 1
-  c.logging_steps = 50
-  c.seed = 42
+  task_schedule(c)  # -1 values: from the task (see kdjax.config_args.task_schedule)
   # PP-MiniLM grid search (python -m kdjax.grid).
   c.grid = ml_collections.ConfigDict(dict(
       batch_sizes=(16, 32, 64),
@@ -77,15 +63,7 @@ def _demo(c):
 
 
 def _tiny(c):
-  c.max_seq_length = 16
-  c.batch_size = 2
-  c.eval_batch_size = 4
-  c.learning_rate = 1e-3
-  c.num_train_epochs = 2.0
-  c.logging_steps = 1
-  c.async_checkpoint = False
-  c.progress_bar = False
-  c.tensorboard = False
+  tiny_task_schedule(c, batch_size=2, epochs=2.0)
   c.grid.batch_sizes = (2, 4)
   c.grid.learning_rates = (1e-3,)
 

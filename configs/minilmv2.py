@@ -14,6 +14,7 @@ teacher and of a 6-layer student).
 
 import ml_collections
 
+from kdjax.config_args import student_block
 from kdjax.trainer.config import default_trainer_config
 
 
@@ -24,14 +25,7 @@ def get_config(arg=None):
   c.teacher = ml_collections.ConfigDict(dict(path="", dtype="bfloat16"))
   # Student: architecture overrides of the teacher's config, or a local HF dir in `path`
   # (student_model_name_or_path); init_from_student loads its weights too.
-  c.student = ml_collections.ConfigDict(dict(
-      path="", init_from_student=False, num_hidden_layers=6,
-      hidden_size=ml_collections.FieldReference(None, field_type=int),
-      num_attention_heads=ml_collections.FieldReference(None, field_type=int),
-      intermediate_size=ml_collections.FieldReference(None, field_type=int),
-      hidden_dropout_prob=ml_collections.FieldReference(None, field_type=float),
-      attention_probs_dropout_prob=ml_collections.FieldReference(None, field_type=float),
-      dtype="float32", seed=0))
+  c.student = student_block(init_from_student=False, num_hidden_layers=6)
   c.tokenizer_path = ""  # default: the teacher's directory
   c.num_relation_heads = 48
   c.teacher_layer_index = 11

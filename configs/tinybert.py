@@ -36,7 +36,7 @@ uniform map; stage 1 needs equal attention head counts.
 
 import ml_collections
 
-from kdjax.config_args import apply_arg
+from kdjax.config_args import apply_arg, student_block, task_schedule, tiny_task_schedule
 from kdjax.trainer.config import default_trainer_config
 
 
@@ -48,15 +48,7 @@ def base_config():
   c.data_dir = ""           # the task folder or the GLUE / CLUE root holding it
   c.train_file = ""         # replaces the train split (task format), e.g. kdjax.augment output
   c.teacher = ml_collections.ConfigDict(dict(path="", dtype="float32"))
-  c.student = ml_collections.ConfigDict(dict(
-      path="",
-      num_hidden_layers=ml_collections.FieldReference(None, field_type=int),
-      hidden_size=ml_collections.FieldReference(None, field_type=int),
-      num_attention_heads=ml_collections.FieldReference(None, field_type=int),
-      intermediate_size=ml_collections.FieldReference(None, field_type=int),
-      hidden_dropout_prob=ml_collections.FieldReference(None, field_type=float),
-      attention_probs_dropout_prob=ml_collections.FieldReference(None, field_type=float),
-      dtype="float32", seed=0))
+  c.student = student_block()
   c.tokenizer_path = ""     # default: the teacher's directory
   # Stage 1: teacher layer (0-based) per student layer, e.g. (2, 5, 8, 11) or, in the ':arg',
   # layer_map=2;5;8;11. Empty: the uniform map, student layer i <- teacher layer (i+1)*k - 1.
@@ -64,22 +56,7 @@ def base_config():
   # Stage 2.
   c.temperature = 1.0
   c.hard_label_weight = 0.0
-  # Schedule (-1: the seed's table, see above).
-  c.max_seq_length = -1
-  c.num_train_epochs = -1.0
-  c.learning_rate = -1.0
-  c.batch_size = 32
-  c.eval_batch_size = 64
-  c.max_steps = -1
-  c.warmup_steps = -1
-  c.warmup_proportion = 0.1
-  c.weight_decay = 0.01
-  c.max_grad_norm = 1.0
-  c.eval_steps = -1
-  c.save_steps = -1
-  c.keep_checkpoints = 1
-  c.logging_steps = 50
-  c.seed = 42
+  task_schedule(c)  # -1: the seed's table, see above
   return c
 
 
@@ -93,15 +70,7 @@ def _prediction(c):
 
 def _tiny(c):
   c.teacher.dtype = "float32"
-  c.max_seq_length = 16
-  c.batch_size = 4
-  c.eval_batch_size = 8
-  c.learning_rate = 1e-3
-  c.num_train_epochs = 1.0
-  c.logging_steps = 1
-  c.async_checkpoint = False
-  c.progress_bar = False
-  c.tensorboard = False
+  tiny_task_schedule(c, batch_size=4, epochs=1.0)
 
 
 VARIANTS = {"intermediate": _intermediate, "prediction": _prediction, "tiny": _tiny}

@@ -22,16 +22,8 @@ configs/finetune.py (max_steps <= 0: num_train_epochs epochs; eval once per epoc
 
 import ml_collections
 
-from kdjax.config_args import apply_arg
+from kdjax.config_args import apply_arg, student_block, task_schedule, tiny_task_schedule
 from kdjax.trainer.config import default_trainer_config
-
-
-def _int():
-  return ml_collections.FieldReference(None, field_type=int)
-
-
-def _float():
-  return ml_collections.FieldReference(None, field_type=float)
 
 
 def base_config():
@@ -43,41 +35,14 @@ def base_config():
   c.temperature = 5.0       # EasyNLP example: temperature=5
   c.alpha = 0.2             # weight of the teacher (KD) term; EasyNLP example: alpha=0.2
   c.teacher = ml_collections.ConfigDict(dict(path=""))  # only for the student's architecture
-  c.student = ml_collections.ConfigDict(dict(
-      path="", init_from_student=True,
-      num_hidden_layers=_int(), hidden_size=_int(), num_attention_heads=_int(),
-      intermediate_size=_int(), hidden_dropout_prob=_float(),
-      attention_probs_dropout_prob=_float(),
-      dtype="float32", seed=0))
+  c.student = student_block(init_from_student=True)
   c.tokenizer_path = ""  # default: the student's (or teacher's) directory
-  c.max_seq_length = -1
-  c.num_train_epochs = -1.0
-  c.learning_rate = -1.0
-  c.batch_size = 32
-  c.eval_batch_size = 64
-  c.max_steps = -1
-  c.warmup_steps = -1
-  c.warmup_proportion = 0.1
-  c.weight_decay = 0.01
-  c.max_grad_norm = 1.0
-  c.eval_steps = -1
-  c.save_steps = -1
-  c.keep_checkpoints = 1
-  c.logging_steps = 50
-  c.seed = 42
+  task_schedule(c)
   return c
 
 
 def _tiny(c):
-  c.max_seq_length = 16
-  c.batch_size = 2
-  c.eval_batch_size = 4
-  c.learning_rate = 1e-3
-  c.num_train_epochs = 2.0
-  c.logging_steps = 1
-  c.async_checkpoint = False
-  c.progress_bar = False
-  c.tensorboard = False
+  tiny_task_schedule(c, batch_size=2, epochs=2.0)
 
 
 VARIANTS = {"tiny": _tiny}

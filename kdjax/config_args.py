@@ -83,3 +83,55 @@ def apply_arg(config: ml_collections.ConfigDict, arg: Optional[str],
     key = key.strip()
     _set(config, (aliases or {}).get(key, key), value.strip())
   return config
+
+
+# ---------------------------------------------------------------------------- shared blocks
+def optional(kind):
+  """An unset (None) config value of a fixed type, settable from the command line."""
+  return ml_collections.FieldReference(None, field_type=kind)
+
+
+def student_block(**defaults) -> ml_collections.ConfigDict:
+  """``student``: a local HF/kdjax ``path`` and/or architecture overrides (HF names) of the
+  base config; None = keep the base value. ``dtype`` is the compute dtype."""
+  block = dict(path="", num_hidden_layers=optional(int), hidden_size=optional(int),
+               num_attention_heads=optional(int), intermediate_size=optional(int),
+               hidden_dropout_prob=optional(float), attention_probs_dropout_prob=optional(float),
+               dtype="float32", seed=0)
+  block.update(defaults)
+  return ml_collections.ConfigDict(block)
+
+
+def task_schedule(c: ml_collections.ConfigDict) -> None:
+  """Keys of the task-level recipes (finetune, tinybert, vanilla_kd), in place. -1 means
+  "resolved by the recipe from the task": learning rate, epochs and max_seq_length from the
+  task's table, max_steps = epochs * steps_per_epoch, evaluation and saving once per epoch,
+  warm-up = warmup_proportion * max_steps."""
+  c.max_seq_length = -1
+  c.num_train_epochs = -1.0
+  c.learning_rate = -1.0
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.max_steps = -1
+  c.warmup_steps = -1
+  c.warmup_proportion = 0.1
+  c.weight_decay = 0.01
+  c.max_grad_norm = 1.0
+  c.eval_steps = -1
+  c.save_steps = -1
+  c.keep_checkpoints = 1
+  c.logging_steps = 50
+  c.seed = 42
+
+
+def tiny_task_schedule(c: ml_collections.ConfigDict, batch_size: int, epochs: float) -> None:
+  """The ``:tiny`` test shapes of the task-level recipes."""
+  c.max_seq_length = 16
+  c.batch_size = batch_size
+  c.eval_batch_size = 2 * batch_size
+  c.learning_rate = 1e-3
+  c.num_train_epochs = epochs
+  c.logging_steps = 1
+  c.async_checkpoint = False
+  c.progress_bar = False
+  c.tensorboard = False

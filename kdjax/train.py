@@ -70,6 +70,9 @@ def _parse_flags(argv):
     print(f"error: unknown config key {key!r} in {' '.join(bad)}; see the config file for the "
           "keys it defines", file=sys.stderr)
     sys.exit(2)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def cli(main_fn=None, doc: str | None = None):
