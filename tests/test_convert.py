@@ -10,11 +10,11 @@ import pytest
 from kdjax import models
 from kdjax.models import native
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers_env import ROOT, pythonpath
 
 
 def _run(*args):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=pythonpath(), JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "kdjax.convert", *args], env=env,
                         capture_output=True, text=True, timeout=300)
 

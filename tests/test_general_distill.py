@@ -16,7 +16,7 @@ from kdjax import models
 from kdjax.data import Tokenizer
 from kdjax.models import native
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers_env import ROOT, pythonpath
 WORDS = ("the a cat dog sat on mat ran fast slow big small red blue green house tree "
          "bird sky sun moon star water fire earth wind play jump run walk talk eat").split()
 
@@ -123,7 +123,7 @@ def test_config_errors(assets, tmp_path):
 
 
 def _cli(args, **popen):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, PYTHONPATH=pythonpath(), JAX_PLATFORMS="cpu")
   return subprocess.Popen([sys.executable, "-m", "kdjax.train", *args], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
@@ -183,7 +183,7 @@ def test_multihost_2x4_matches_1x8_and_1x1(assets, tmp_path):
             f"--config.input_dir={corpus}", "--config.data_sharding=global",
             "--config.max_steps=4", "--config.logging_steps=1", "--config.save_steps=0"]
   env = {k: v for k, v in os.environ.items() if not k.startswith(("KDJAX_", "XLA_FLAGS"))}
-  env.update(PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env.update(PYTHONPATH=pythonpath(), JAX_PLATFORMS="cpu")
 
   def run(name, launcher=(), mesh="--config.mesh.fsdp=4", **extra):
     cmd = [sys.executable, *launcher, *([] if launcher else ["-m", "kdjax.train"]),
