@@ -172,6 +172,17 @@ def render(text: str, words: Sequence[Word], replacements: dict[int, str]) -> st
 
 
 # ----------------------------------------------------------------------------- GloVe
+def _file_in(folder: str, name: str, pattern: str, error: str) -> str:
+  """``folder/name`` if it exists, else the first file matching ``pattern`` there."""
+  path = os.path.join(folder, name)
+  if os.path.exists(path):
+    return path
+  found = sorted(Path(folder).glob(pattern))
+  if not found:
+    raise FileNotFoundError(error)
+  return str(found[0])
+
+
 class GloveIndex:
   """Unit-normalised GloVe vectors of the ``vocab_size`` first (most frequent) words."""
 
@@ -198,12 +209,7 @@ class GloveIndex:
     if path is None:
       path = default_glove_dir()
     if os.path.isdir(path):
-      npy = os.path.join(path, GLOVE_NPY)
-      if not os.path.exists(npy):
-        found = sorted(Path(path).glob("*.npy"))
-        if not found:
-          raise FileNotFoundError(f"--glove {path}: no .npy matrix in the directory")
-        npy = str(found[0])
+      npy = _file_in(path, GLOVE_NPY, "*.npy", f"--glove {path}: no .npy matrix in the directory")
       return cls._load_npy(npy, vocab_size)
     if not os.path.exists(path):
       raise FileNotFoundError(f"--glove {path}: no such file")
@@ -213,13 +219,8 @@ class GloveIndex:
 
   @classmethod
   def _load_npy(cls, npy: str, vocab_size: int) -> "GloveIndex":
-    folder = os.path.dirname(npy)
-    index = os.path.join(folder, GLOVE_INDEX)
-    if not os.path.exists(index):
-      found = sorted(Path(folder).glob("*.parquet"))
-      if not found:
-        raise FileNotFoundError(f"{npy}: no parquet vocabulary (column 'index') beside it")
-      index = str(found[0])
+    index = _file_in(os.path.dirname(npy), GLOVE_INDEX, "*.parquet",
+                     f"{npy}: no parquet vocabulary (column 'index') beside it")
     import pyarrow.parquet as pq
     table = pq.read_table(index, columns=["index"])
     n = min(vocab_size, table.num_rows) if vocab_size else table.num_rows
