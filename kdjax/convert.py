@@ -24,13 +24,11 @@ from kdjax.models import native
 
 
 def detect(src: str) -> str:
-  if os.path.exists(os.path.join(src, native.DESCRIPTION)) or \
-      os.path.exists(os.path.join(src, "student", native.DESCRIPTION)):
-    return "kdjax"
-  if os.path.exists(os.path.join(src, "config.json")):
-    return "hf"
-  raise SystemExit(f"error: {src} is neither a Hugging Face directory (config.json) nor a "
-                   f"kdjax model directory / trainer workdir ({native.DESCRIPTION})")
+  try:
+    return "hf" if native.kind(src) == "hf" else "kdjax"
+  except FileNotFoundError:
+    raise SystemExit(f"error: {src} is neither a Hugging Face directory (config.json) nor a "
+                     f"kdjax model directory / trainer workdir ({native.DESCRIPTION})") from None
 
 
 def convert(src: str, dst: str, to: str | None = None, step: int | None = None,

@@ -8,6 +8,7 @@ load with :func:`load`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional
 
@@ -17,6 +18,8 @@ from flax import nnx
 from kdjax.models import params as P
 from kdjax.models.bert import create_model, encoder_of, head_of
 from kdjax.models.config import BertConfig
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = "kdjax_model.json"
 FORMAT = "kdjax-model-1"
@@ -82,21 +85,51 @@ def latest_step(checkpoint_dir: str) -> int:
   return steps[-1]
 
 
-def load(directory: str, step: Optional[int] = None, dtype: Optional[str] = None) -> nnx.Module:
-  """Loads a kdjax model directory or a trainer workdir (latest or given ``step``)."""
+def best_step(workdir: str) -> Optional[int]:
+  """Step of the best dev checkpoint kept in ``workdir/best`` (None when there is none)."""
+  d = os.path.join(workdir, "best")
+  if not os.path.isdir(d):
+    return None
+  steps = [int(n) for n in os.listdir(d)
+           if n.isdigit() and os.path.isdir(os.path.join(d, n, "params"))]
+  return max(steps) if steps else None
+
+
+def kind(path: str) -> str:
+  """"kdjax" (model directory), "workdir" (trainer workdir) or "hf" (Hugging Face dir)."""
+  if os.path.exists(os.path.join(path, DESCRIPTION)):
+    return "kdjax"
+  if os.path.exists(os.path.join(path, "student", DESCRIPTION)):
+    return "workdir"
+  if os.path.exists(os.path.join(path, "config.json")):
+    return "hf"
+  raise FileNotFoundError(f"{path}: not a Hugging Face directory (config.json), a kdjax model "
+                          f"directory ({DESCRIPTION}) or a kdjax trainer workdir "
+                          f"(student/{DESCRIPTION})")
+
+
+def load(directory: str, step: Optional[int] = None, dtype: Optional[str] = None,
+         checkpoint: str = "latest") -> nnx.Module:
+  """Loads a kdjax model directory or a trainer workdir.
+
+  For a workdir: checkpoint ``step`` if given, else with ``checkpoint="best"`` the best dev
+  params in ``workdir/best`` (when there are any), else the latest checkpoint.
+  """
   if os.path.exists(os.path.join(directory, DESCRIPTION)):
     model = model_from_description(directory, dtype)
     params = _restore_tree(os.path.join(directory, "params"))
   elif os.path.exists(os.path.join(directory, "student", DESCRIPTION)):
     model = model_from_description(os.path.join(directory, "student"), dtype)
-    ckpt = os.path.join(directory, "checkpoints")
-    step = latest_step(ckpt) if step is None else step
-    state = _restore_tree(os.path.join(ckpt, str(step), "state"))
-    params = state["params"]
+    best = best_step(directory) if step is None and checkpoint == "best" else None
+    if best is not None:
+      log.info("%s: using the best dev checkpoint (step %d)", directory, best)
+      params = _restore_tree(os.path.join(directory, "best", str(best), "params"))
+    else:
+      ckpt = os.path.join(directory, "checkpoints")
+      step = latest_step(ckpt) if step is None else step
+      params = _restore_tree(os.path.join(ckpt, str(step), "state"))["params"]
   else:
-    raise FileNotFoundError(
-        f"{directory}: neither a kdjax model directory ({DESCRIPTION} + params/) nor a "
-        f"trainer workdir (student/{DESCRIPTION} + checkpoints/)")
+    kind(directory)  # raises the error naming the three kinds
   skeleton, template = P.split(model)
   flat_t, flat_p = P.flatten(template), P.flatten(params)
   missing = sorted("/".join(k) for k in flat_t if k not in flat_p)

@@ -117,47 +117,8 @@ def _rotten_tomatoes():
 
 
 # -------------------------------------------------------------------------------------- models
-def model_kind(path: str) -> str:
-  if os.path.exists(os.path.join(path, native.DESCRIPTION)):
-    return "kdjax"
-  if os.path.exists(os.path.join(path, "student", native.DESCRIPTION)):
-    return "workdir"
-  if os.path.exists(os.path.join(path, "config.json")):
-    return "hf"
-  raise FileNotFoundError(f"{path}: not a Hugging Face directory (config.json), a kdjax model "
-                          f"directory ({native.DESCRIPTION}) or a kdjax trainer workdir "
-                          f"(student/{native.DESCRIPTION})")
-
-
-def best_step(workdir: str) -> Optional[int]:
-  """Step of the best dev checkpoint kept in ``workdir/best`` (None when there is none)."""
-  d = os.path.join(workdir, "best")
-  if not os.path.isdir(d):
-    return None
-  steps = [int(n) for n in os.listdir(d)
-           if n.isdigit() and os.path.isdir(os.path.join(d, n, "params"))]
-  return max(steps) if steps else None
-
-
-def _restore(path: str) -> dict:
-  import orbax.checkpoint as ocp
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(os.path.abspath(path))
-
-
-def _load_best(workdir: str, step: int, dtype: Optional[str]):
-  model = native.model_from_description(os.path.join(workdir, "student"), dtype)
-  skeleton, template = P.split(model)
-  flat_t = P.flatten(template)
-  flat_p = P.flatten(_restore(os.path.join(workdir, "best", str(step), "params")))
-  for k, v in flat_t.items():
-    if k not in flat_p or tuple(flat_p[k].shape) != tuple(v.shape):
-      raise ValueError(f"{workdir}/best/{step}: parameter {'/'.join(k)} is missing or has the "
-                       "wrong shape for student/kdjax_model.json")
-  loaded = P.bind(skeleton, P.unflatten({k: np.asarray(flat_p[k]) for k in flat_t}))
-  if getattr(model, "tokenizer_dir", None):
-    loaded.tokenizer_dir = model.tokenizer_dir
-  return loaded
+model_kind = native.kind
+best_step = native.best_step
 
 
 def load_model(path: str, *, head: str = "auto", num_labels: Optional[int] = None,
@@ -177,12 +138,7 @@ def load_model(path: str, *, head: str = "auto", num_labels: Optional[int] = Non
         raise
       # e.g. an encoder exported without a pooler: load the encoder, add the head later.
       return models.from_pretrained(path, head="none", dtype=dtype)
-  if kind == "workdir" and step is None and checkpoint == "best":
-    best = best_step(path)
-    if best is not None:
-      log.info("%s: using the best dev checkpoint (step %d)", path, best)
-      return _load_best(path, best, dtype)
-  return native.load(path, step=step, dtype=dtype)
+  return native.load(path, step=step, dtype=dtype, checkpoint=checkpoint)
 
 
 def as_classifier(model, num_labels: int, seed: int = 0):
