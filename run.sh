@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine:
 #   bash run.sh demo   # create .venv, install everything, run the main job on the bundled demo
-#   bash run.sh test   # create .venv if missing, run the whole test suite
+#   bash run.sh test   # create .venv if missing, check the style, run the whole test suite
+#   bash run.sh fmt    # reformat and auto-fix lint (ruff); `lint` only checks
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -33,13 +34,25 @@ case "$cmd" in
     exec "$VENV/bin/python" -m kdjax.train --config=configs/minilmv2.py:demo \
       --workdir=workdirs/minilmv2_demo "$@"
     ;;
+  lint)
+    ensure_venv
+    "$VENV/bin/ruff" format --check . && "$VENV/bin/ruff" check .
+    ;;
   test)
     ensure_venv
+    # Style first (fails in seconds): `bash run.sh fmt` fixes what it reports.
+    "$VENV/bin/ruff" format --check . || { echo "style: run 'bash run.sh fmt'"; exit 1; }
+    "$VENV/bin/ruff" check . || { echo "lint: fix the lines above (bash run.sh fmt fixes some)"; exit 1; }
     KDJAX_REQUIRE_ASSETS=1 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+    ;;
+  fmt)
+    ensure_venv
+    "$VENV/bin/ruff" check --fix . || true
+    exec "$VENV/bin/ruff" format .
     ;;
   install)
     ensure_venv
     ;;
   *)
-    echo "usage: bash run.sh demo|test|install [extra args]"; exit 2 ;;
+    echo "usage: bash run.sh demo|test|lint|fmt|install [extra args]"; exit 2 ;;
 esac

@@ -39,25 +39,46 @@ from kdjax.trainer import Trainer
 from kdjax.trainer.metrics import peak_flops_per_device
 
 SHAPES = {
-    "tiny": dict(teacher=(4, 64, 4, 128), student=(2, 32, 4, 64), vocab=1000, batch=8, seq=32,
-                 relation_heads=4),
-    "base": dict(teacher=(12, 768, 12, 3072), student=(6, 384, 12, 1536), vocab=30522,
-                 batch=32, seq=128, relation_heads=48),
-    # The seed's training batch (GPU/TPU sized).
-    "base256": dict(teacher=(12, 768, 12, 3072), student=(6, 384, 12, 1536), vocab=30522,
-                    batch=256, seq=128, relation_heads=48),
+  "tiny": dict(
+    teacher=(4, 64, 4, 128), student=(2, 32, 4, 64), vocab=1000, batch=8, seq=32, relation_heads=4
+  ),
+  "base": dict(
+    teacher=(12, 768, 12, 3072),
+    student=(6, 384, 12, 1536),
+    vocab=30522,
+    batch=32,
+    seq=128,
+    relation_heads=48,
+  ),
+  # The seed's training batch (GPU/TPU sized).
+  "base256": dict(
+    teacher=(12, 768, 12, 3072),
+    student=(6, 384, 12, 1536),
+    vocab=30522,
+    batch=256,
+    seq=128,
+    relation_heads=48,
+  ),
 }
 
 
 def _cfg(dims, vocab, dtype):
   layers, hidden, heads, ffn = dims
-  return models.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=heads, intermediate_size=ffn, dtype=dtype)
+  return models.BertConfig(
+    vocab_size=vocab,
+    hidden_size=hidden,
+    num_hidden_layers=layers,
+    num_attention_heads=heads,
+    intermediate_size=ffn,
+    dtype=dtype,
+  )
 
 
 def _config(shape, teacher_dtype):
   import ml_collections
+
   from kdjax.trainer.config import default_trainer_config
+
   c = default_trainer_config()
   c.recipe = "general_distill"
   c.teacher = ml_collections.ConfigDict(dict(path="", dtype=teacher_dtype))
@@ -79,8 +100,11 @@ def _batch(shape, seed=0):
   ids = rng.integers(5, shape["vocab"], size=(b, l), dtype=np.int32)
   lengths = rng.integers(l // 2, l + 1, size=b)
   mask = (np.arange(l)[None] < lengths[:, None]).astype(np.int32)
-  return {"input_ids": ids * mask, "attention_mask": mask,
-          "token_type_ids": np.zeros((b, l), np.int32)}
+  return {
+    "input_ids": ids * mask,
+    "attention_mask": mask,
+    "token_type_ids": np.zeros((b, l), np.int32),
+  }
 
 
 def _peak_memory_bytes():
@@ -93,16 +117,25 @@ def _peak_memory_bytes():
 def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32"):
   vocab = os.path.join(tmp, "vocab.txt")
   with open(vocab, "w") as f:
-    f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-                      + [f"w{i}" for i in range(shape["vocab"] - 5)]) + "\n")
-  teacher = common.ModelHandle(models.create_model(
-      _cfg(shape["teacher"], shape["vocab"], teacher_dtype), "none", seed=0))
-  student = common.ModelHandle(models.create_model(
-      _cfg(shape["student"], shape["vocab"], student_dtype), "none", seed=1,
-      add_pooling_layer=False))
+    f.write(
+      "\n".join(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + [f"w{i}" for i in range(shape["vocab"] - 5)]
+      )
+      + "\n"
+    )
+  teacher = common.ModelHandle(
+    models.create_model(_cfg(shape["teacher"], shape["vocab"], teacher_dtype), "none", seed=0)
+  )
+  student = common.ModelHandle(
+    models.create_model(
+      _cfg(shape["student"], shape["vocab"], student_dtype), "none", seed=1, add_pooling_layer=False
+    )
+  )
   config = _config(shape, teacher_dtype)
-  recipe = GeneralDistill(config, None, teacher=teacher, student=student,
-                          tokenizer=Tokenizer.from_vocab(vocab))
+  recipe = GeneralDistill(
+    config, None, teacher=teacher, student=student, tokenizer=Tokenizer.from_vocab(vocab)
+  )
   trainer = Trainer(config, recipe, os.path.join(tmp, name))
   state, frozen = trainer.init_state(), trainer.init_frozen()
   batch = trainer.global_batch(_batch(shape))
@@ -120,12 +153,22 @@ def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32")
   tokens = float(_batch(shape)["attention_mask"].sum()) / dt
   peak = peak_flops_per_device(jax.devices()[0].device_kind)
   mfu = recipe.flops_per_example() * ex / (peak * jax.device_count()) if peak else None
-  return dict(impl="kdjax", shape=name, teacher_dtype=teacher_dtype,
-              student_dtype=student_dtype, step_s=dt,
-              examples_per_s=ex, tokens_per_s=tokens, compile_s=compile_s,
-              peak_memory_gb=mem / 2**30, memory_kind=mem_kind, mfu=mfu,
-              loss=float(metrics["loss"]), device=jax.devices()[0].device_kind,
-              num_devices=jax.device_count())
+  return dict(
+    impl="kdjax",
+    shape=name,
+    teacher_dtype=teacher_dtype,
+    student_dtype=student_dtype,
+    step_s=dt,
+    examples_per_s=ex,
+    tokens_per_s=tokens,
+    compile_s=compile_s,
+    peak_memory_gb=mem / 2**30,
+    memory_kind=mem_kind,
+    mfu=mfu,
+    loss=float(metrics["loss"]),
+    device=jax.devices()[0].device_kind,
+    num_devices=jax.device_count(),
+  )
 
 
 def bench_torch(name, shape, steps):
@@ -135,17 +178,24 @@ def bench_torch(name, shape, steps):
 
   def hf(dims):
     layers, hidden, heads, ffn = dims
-    return transformers.BertModel(transformers.BertConfig(
-        vocab_size=shape["vocab"], hidden_size=hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=ffn, attn_implementation="eager"),
-        add_pooling_layer=False)
+    return transformers.BertModel(
+      transformers.BertConfig(
+        vocab_size=shape["vocab"],
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        attn_implementation="eager",
+      ),
+      add_pooling_layer=False,
+    )
 
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   if dev == "cuda":  # XLA uses TF32 for float32 matmuls on GPU by default; match it
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
   teacher, student = hf(shape["teacher"]).eval().to(dev), hf(shape["student"]).train().to(dev)
-  teacher.encoder.layer = teacher.encoder.layer[:shape["teacher"][0]]
+  teacher.encoder.layer = teacher.encoder.layer[: shape["teacher"][0]]
   opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.01)
   r = shape["relation_heads"]
   grabbed = {}
@@ -154,7 +204,8 @@ def bench_torch(name, shape, steps):
     att = model.encoder.layer[-1].attention.self
     for n in ("query", "key", "value"):
       getattr(att, n).register_forward_hook(
-          lambda _m, _i, out, n=n: grabbed.__setitem__((tag, n), out))
+        lambda _m, _i, out, n=n: grabbed.__setitem__((tag, n), out)
+      )
 
   hooks(teacher, "t")
   hooks(student, "s")
@@ -188,41 +239,55 @@ def bench_torch(name, shape, steps):
     loss = step()
   float(loss)  # waits for the device
   dt = (time.perf_counter() - t0) / steps
-  return dict(impl="torch-eager", shape=name, step_s=dt, examples_per_s=shape["batch"] / dt,
-              tokens_per_s=float(b["attention_mask"].sum()) / dt,
-              threads=torch.get_num_threads(), device=dev)
+  return dict(
+    impl="torch-eager",
+    shape=name,
+    step_s=dt,
+    examples_per_s=shape["batch"] / dt,
+    tokens_per_s=float(b["attention_mask"].sum()) / dt,
+    threads=torch.get_num_threads(),
+    device=dev,
+  )
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--shapes", default="tiny,base")
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--teacher_dtype", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--student_dtype", default="float32", choices=["float32", "bfloat16"],
-                 help="student compute dtype (params stay float32)")
+  p.add_argument(
+    "--student_dtype",
+    default="float32",
+    choices=["float32", "bfloat16"],
+    help="student compute dtype (params stay float32)",
+  )
   p.add_argument("--torch_baseline", action="store_true")
   p.add_argument("--json", default="", help="also write the results to this file")
   args = p.parse_args(argv)
   results = []
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.shapes.split(","):
-      r = bench_kdjax(name, SHAPES[name], args.steps, args.teacher_dtype, tmp,
-                      args.student_dtype)
+      r = bench_kdjax(name, SHAPES[name], args.steps, args.teacher_dtype, tmp, args.student_dtype)
       results.append(r)
       mfu = f"  MFU {100 * r['mfu']:.1f}%" if r["mfu"] is not None else ""
-      print(f"[kdjax] {name:5s} {r['examples_per_s']:9.1f} ex/s {r['tokens_per_s']:10.0f} tok/s "
-            f"step {1000 * r['step_s']:8.1f} ms  compile {r['compile_s']:.1f}s  "
-            f"{r['memory_kind']} {r['peak_memory_gb']:.2f} GiB{mfu}  ({r['device']} x"
-            f"{r['num_devices']}, teacher {r['teacher_dtype']}, student {r['student_dtype']})",
-            flush=True)
+      print(
+        f"[kdjax] {name:5s} {r['examples_per_s']:9.1f} ex/s {r['tokens_per_s']:10.0f} tok/s "
+        f"step {1000 * r['step_s']:8.1f} ms  compile {r['compile_s']:.1f}s  "
+        f"{r['memory_kind']} {r['peak_memory_gb']:.2f} GiB{mfu}  ({r['device']} x"
+        f"{r['num_devices']}, teacher {r['teacher_dtype']}, student {r['student_dtype']})",
+        flush=True,
+      )
       if args.torch_baseline:
         t = bench_torch(name, SHAPES[name], args.steps)
         t["kdjax_over_torch"] = r["examples_per_s"] / t["examples_per_s"]
         results.append(t)
-        print(f"[torch] {name:5s} {t['examples_per_s']:9.1f} ex/s {t['tokens_per_s']:10.0f} tok/s "
-              f"step {1000 * t['step_s']:8.1f} ms  -> kdjax/torch = {t['kdjax_over_torch']:.2f}x",
-              flush=True)
+        print(
+          f"[torch] {name:5s} {t['examples_per_s']:9.1f} ex/s {t['tokens_per_s']:10.0f} tok/s "
+          f"step {1000 * t['step_s']:8.1f} ms  -> kdjax/torch = {t['kdjax_over_torch']:.2f}x",
+          flush=True,
+        )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=2)

@@ -45,22 +45,34 @@ def main():
   mask = jnp.ones((a.batch, a.seq), jnp.int32)
   base = None
   for dtype in ("float32", "bfloat16"):
-    cfg = models.BertConfig(vocab_size=30522, hidden_size=a.hidden, num_hidden_layers=a.layers,
-                            num_attention_heads=a.heads, intermediate_size=a.ffn, dtype=dtype)
+    cfg = models.BertConfig(
+      vocab_size=30522,
+      hidden_size=a.hidden,
+      num_hidden_layers=a.layers,
+      num_attention_heads=a.heads,
+      intermediate_size=a.ffn,
+      dtype=dtype,
+    )
     skel, params = models.split(models.create_model(cfg, "none", add_pooling_layer=False))
     for dropout in (False, True):
-      def loss(p, key):
-        out = models.bind(skel, p)(ids, attention_mask=mask, deterministic=not dropout,
-                                   dropout_rng=key)
+
+      def loss(p, key, skel=skel, dropout=dropout):
+        out = models.bind(skel, p)(
+          ids, attention_mask=mask, deterministic=not dropout, dropout_rng=key
+        )
         return jnp.mean(out.last_hidden_state.astype(jnp.float32) ** 2)
+
       fwd = jax.jit(loss)
       grad = jax.jit(jax.grad(loss))
       key = jax.random.key(0)
       tf = timeit(fwd, params, key, n=a.steps)
       tg = timeit(grad, params, key, n=a.steps)
       base = base or (tf, tg)
-      print(f"{dtype:9s} dropout={dropout!s:5s} fwd {1000 * tf:8.2f} ms ({tf / base[0]:.2f}x)  "
-            f"fwd+bwd {1000 * tg:8.2f} ms ({tg / base[1]:.2f}x)", flush=True)
+      print(
+        f"{dtype:9s} dropout={dropout!s:5s} fwd {1000 * tf:8.2f} ms ({tf / base[0]:.2f}x)  "
+        f"fwd+bwd {1000 * tg:8.2f} ms ({tg / base[1]:.2f}x)",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

@@ -32,25 +32,30 @@ from kdjax.trainer.config import default_trainer_config
 def base_config():
   c = default_trainer_config()
   c.recipe = "finetune"
-  c.task = ""        # kdjax.data.tasks name (afqmc, tnews, sst-2, sts-b ...) or rotten_tomatoes
-  c.data_dir = ""    # the task folder or the CLUE / GLUE root holding it
-  c.model = ml_collections.ConfigDict(dict(
+  c.task = ""  # kdjax.data.tasks name (afqmc, tnews, sst-2, sts-b ...) or rotten_tomatoes
+  c.data_dir = ""  # the task folder or the CLUE / GLUE root holding it
+  c.model = ml_collections.ConfigDict(
+    dict(
       path="",
       dtype="float32",  # compute dtype (params stay float32)
-      seed=0,           # init of a fresh classifier head
-  ))
+      seed=0,  # init of a fresh classifier head
+    )
+  )
   c.tokenizer_path = ""  # default: the model's directory
   task_schedule(c)  # -1 values: from the task (see kdjax.config_args.task_schedule)
   # PP-MiniLM grid search (python -m kdjax.grid).
-  c.grid = ml_collections.ConfigDict(dict(
+  c.grid = ml_collections.ConfigDict(
+    dict(
       batch_sizes=(16, 32, 64),
       learning_rates=(3e-5, 5e-5, 1e-4),
-  ))
+    )
+  )
   return c
 
 
 def _demo(c):
   from kdjax.data.demo import minilm_dir
+
   c.task = "rotten_tomatoes"
   c.model.path = minilm_dir()
   c.max_seq_length = 64

@@ -31,7 +31,7 @@ def get_config(arg=None):
   c.teacher_layer_index = 11
   c.student_layer_index = 5
   c.alpha = 0.0  # PP-MiniLM head-head relation weight
-  c.beta = 0.0   # PP-MiniLM sample-sample relation weight
+  c.beta = 0.0  # PP-MiniLM sample-sample relation weight
   c.input_dir = ""
   # "files": hosts read disjoint files; "global": same global batches on any host count.
   c.data_sharding = "files"
@@ -47,6 +47,7 @@ def get_config(arg=None):
 
   if arg == "demo":
     from kdjax.data.demo import minilm_dir
+
     c.teacher.path = minilm_dir()
     c.teacher.dtype = "float32"  # bf16 matmuls are slow on CPU; use bfloat16 on TPU/GPU
     c.student.num_hidden_layers = 3

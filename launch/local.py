@@ -33,24 +33,38 @@ def _pump(stream, prefix: str, out) -> None:
   stream.close()
 
 
-def launch(module: str, args: list[str], num_processes: int, num_cpu_devices: int | None = None,
-           port: int | None = None, env: dict | None = None, timeout: float | None = None) -> int:
+def launch(
+  module: str,
+  args: list[str],
+  num_processes: int,
+  num_cpu_devices: int | None = None,
+  port: int | None = None,
+  env: dict | None = None,
+  timeout: float | None = None,
+) -> int:
   """Starts the processes, waits, returns 0 or the first non-zero exit code."""
   port = port or free_port()
   procs, pumps = [], []
   base_env = dict(os.environ if env is None else env)
   for rank in range(num_processes):
-    proc_env = dict(base_env, KDJAX_COORDINATOR=f"127.0.0.1:{port}",
-                    KDJAX_NUM_PROCESSES=str(num_processes), KDJAX_PROCESS_ID=str(rank),
-                    PYTHONUNBUFFERED="1")
+    proc_env = dict(
+      base_env,
+      KDJAX_COORDINATOR=f"127.0.0.1:{port}",
+      KDJAX_NUM_PROCESSES=str(num_processes),
+      KDJAX_PROCESS_ID=str(rank),
+      PYTHONUNBUFFERED="1",
+    )
     if num_cpu_devices:
       proc_env["KDJAX_NUM_CPU_DEVICES"] = str(num_cpu_devices)
       proc_env.setdefault("JAX_PLATFORMS", "cpu")
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=proc_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+      [sys.executable, "-m", module, *args],
+      env=proc_env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+    )
     procs.append(proc)
-    pump = threading.Thread(target=_pump, args=(proc.stdout, f"[{rank}] ", sys.stdout),
-                            daemon=True)
+    pump = threading.Thread(target=_pump, args=(proc.stdout, f"[{rank}] ", sys.stdout), daemon=True)
     pump.start()
     pumps.append(pump)
 
@@ -68,8 +82,10 @@ def launch(module: str, args: list[str], num_processes: int, num_cpu_devices: in
       failed = [p for p in procs if p.poll() not in (None, 0)]
       if failed:
         code = failed[0].returncode
-        print(f"[launch] process {procs.index(failed[0])} exited with {code}; stopping the rest",
-              file=sys.stderr)
+        print(
+          f"[launch] process {procs.index(failed[0])} exited with {code}; stopping the rest",
+          file=sys.stderr,
+        )
         break
       if deadline is not None and time.monotonic() > deadline:
         print("[launch] timeout; stopping all processes", file=sys.stderr)
@@ -96,19 +112,23 @@ def launch(module: str, args: list[str], num_processes: int, num_cpu_devices: in
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--num_processes", type=int, default=2)
-  parser.add_argument("--num_cpu_devices", type=int, default=None,
-                      help="fake CPU devices per process (sets JAX_PLATFORMS=cpu)")
+  parser.add_argument(
+    "--num_cpu_devices",
+    type=int,
+    default=None,
+    help="fake CPU devices per process (sets JAX_PLATFORMS=cpu)",
+  )
   parser.add_argument("--port", type=int, default=None, help="coordinator port (default: free)")
   parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
   parser.add_argument("-m", dest="module", required=True, help="python module to run")
   parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the module")
   ns = parser.parse_args(argv)
   args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
-  return launch(ns.module, args, ns.num_processes, ns.num_cpu_devices, ns.port,
-                timeout=ns.timeout)
+  return launch(ns.module, args, ns.num_processes, ns.num_cpu_devices, ns.port, timeout=ns.timeout)
 
 
 if __name__ == "__main__":

@@ -22,24 +22,29 @@ D_IN, D_HIDDEN, D_OUT = 8, 16, 8
 
 def _mlp_init(rng_np, scale=1.0):
   return {
-      "dense1": {"kernel": rng_np.normal(size=(D_IN, D_HIDDEN)).astype(np.float32)
-                 * scale / np.sqrt(D_IN),
-                 "bias": np.zeros(D_HIDDEN, np.float32)},
-      "dense2": {"kernel": rng_np.normal(size=(D_HIDDEN, D_OUT)).astype(np.float32)
-                 * scale / np.sqrt(D_HIDDEN),
-                 "bias": rng_np.normal(size=(D_OUT,)).astype(np.float32) * 0.1},
+    "dense1": {
+      "kernel": rng_np.normal(size=(D_IN, D_HIDDEN)).astype(np.float32) * scale / np.sqrt(D_IN),
+      "bias": np.zeros(D_HIDDEN, np.float32),
+    },
+    "dense2": {
+      "kernel": rng_np.normal(size=(D_HIDDEN, D_OUT)).astype(np.float32)
+      * scale
+      / np.sqrt(D_HIDDEN),
+      "bias": rng_np.normal(size=(D_OUT,)).astype(np.float32) * 0.1,
+    },
   }
 
 
 MLP_AXES = {
-    "dense1": {"kernel": ("embed", "mlp"), "bias": ("mlp",)},
-    "dense2": {"kernel": ("mlp", "embed"), "bias": ("embed",)},
+  "dense1": {"kernel": ("embed", "mlp"), "bias": ("mlp",)},
+  "dense2": {"kernel": ("mlp", "embed"), "bias": ("embed",)},
 }
 
 
 def mlp_apply(params, x, dropout_rng=None, rate=0.0):
   import jax
   import jax.numpy as jnp
+
   h = jnp.tanh(x @ params["dense1"]["kernel"] + params["dense1"]["bias"])
   if dropout_rng is not None and rate > 0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - rate, h.shape)
@@ -48,8 +53,9 @@ def mlp_apply(params, x, dropout_rng=None, rate=0.0):
 
 
 class ToyData:
-  def __init__(self, batch_size, process_index=0, process_count=1, seed=0,
-               block_at=None, marker=None):
+  def __init__(
+    self, batch_size, process_index=0, process_count=1, seed=0, block_at=None, marker=None
+  ):
     self.batch_size, self.seed = batch_size, seed
     self.pi, self.pc = process_index, process_count
     self.index = 0
@@ -63,11 +69,14 @@ class ToyData:
       # Simulates a job that hangs here until it is killed (the test SIGKILLs it).
       open(self.marker, "w").close()
       time.sleep(3600)
-    x = np.random.default_rng(self.seed + self.index).normal(
-        size=(self.batch_size, D_IN)).astype(np.float32)
+    x = (
+      np.random.default_rng(self.seed + self.index)
+      .normal(size=(self.batch_size, D_IN))
+      .astype(np.float32)
+    )
     rows = self.batch_size // self.pc
     self.index += 1
-    return {"x": x[self.pi * rows:(self.pi + 1) * rows]}
+    return {"x": x[self.pi * rows : (self.pi + 1) * rows]}
 
   def get_state(self):
     return {"index": self.index}
@@ -87,12 +96,17 @@ class ToyRecipe:
   def init_params(self, rng):
     import jax
     import jax.numpy as jnp
+
     k1, k2 = jax.random.split(rng)
     return {
-        "dense1": {"kernel": jax.random.normal(k1, (D_IN, D_HIDDEN)) / np.sqrt(D_IN),
-                   "bias": jnp.zeros(D_HIDDEN)},
-        "dense2": {"kernel": jax.random.normal(k2, (D_HIDDEN, D_OUT)) / np.sqrt(D_HIDDEN),
-                   "bias": jnp.zeros(D_OUT)},
+      "dense1": {
+        "kernel": jax.random.normal(k1, (D_IN, D_HIDDEN)) / np.sqrt(D_IN),
+        "bias": jnp.zeros(D_HIDDEN),
+      },
+      "dense2": {
+        "kernel": jax.random.normal(k2, (D_HIDDEN, D_OUT)) / np.sqrt(D_HIDDEN),
+        "bias": jnp.zeros(D_OUT),
+      },
     }
 
   def param_logical_axes(self, params):
@@ -107,14 +121,16 @@ class ToyRecipe:
   def loss_fn(self, params, frozen, batch, rng):
     import jax
     import jax.numpy as jnp
+
     target = jax.lax.stop_gradient(mlp_apply(frozen, batch["x"]))
     pred = mlp_apply(params, batch["x"], rng, self.dropout)
     mse = jnp.mean((pred - target) ** 2)
     return mse, {"mse": mse, "pred_abs": jnp.mean(jnp.abs(pred))}
 
   def train_data(self, process_index, process_count):
-    return ToyData(self.batch_size, process_index, process_count, self.data_seed,
-                   self.block_at, self.marker)
+    return ToyData(
+      self.batch_size, process_index, process_count, self.data_seed, self.block_at, self.marker
+    )
 
   def flops_per_example(self):
     return 6.0 * (D_IN * D_HIDDEN + D_HIDDEN * D_OUT)
@@ -125,23 +141,27 @@ class ToyRecipe:
   def evaluate(self, params, frozen, step):
     import jax
     import jax.numpy as jnp
+
     x = jnp.asarray(np.random.default_rng(999).normal(size=(16, D_IN)), jnp.float32)
-    mse = jax.jit(lambda p, f: jnp.mean((mlp_apply(p, x) - mlp_apply(f, x)) ** 2))(
-        params, frozen)
+    mse = jax.jit(lambda p, f: jnp.mean((mlp_apply(p, x) - mlp_apply(f, x)) ** 2))(params, frozen)
     mse = float(mse)
     self.evaluated.append(step)
     return {"mse": mse, "score": -mse}
 
   def export(self, params, directory):
     import jax
-    flat = {jax.tree_util.keystr(path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+    flat = {
+      jax.tree_util.keystr(path): np.asarray(leaf)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
     np.savez(os.path.join(directory, "params.npz"), **flat)
     self.exported = directory
 
 
 def toy_config(**overrides):
   from kdjax.trainer import default_trainer_config
+
   c = default_trainer_config()
   c.batch_size = 8
   c.max_steps = 6
@@ -173,25 +193,41 @@ def read_metrics(workdir):
 
 def main(argv):
   from absl import logging
+
   logging.set_verbosity(logging.INFO)
   from kdjax.trainer.distributed import maybe_initialize_distributed
+
   maybe_initialize_distributed()
   workdir, overrides = argv[1], json.loads(argv[2]) if len(argv) > 2 else {}
   recipe_kw = overrides.pop("recipe", {})
   config = toy_config(**overrides)
   recipe = ToyRecipe(batch_size=config.batch_size, **recipe_kw)
   from kdjax.trainer import Trainer
+
   trainer = Trainer(config, recipe, workdir)
   state = trainer.train()
   import jax
-  sharding = {jax.tree_util.keystr(p): str(x.sharding.spec)
-              for p, x in jax.tree_util.tree_leaves_with_path(state["params"])}
-  opt_spec = {jax.tree_util.keystr(p): str(x.sharding.spec)
-              for p, x in jax.tree_util.tree_leaves_with_path(state["opt_state"])}
+
+  sharding = {
+    jax.tree_util.keystr(p): str(x.sharding.spec)
+    for p, x in jax.tree_util.tree_leaves_with_path(state["params"])
+  }
+  opt_spec = {
+    jax.tree_util.keystr(p): str(x.sharding.spec)
+    for p, x in jax.tree_util.tree_leaves_with_path(state["opt_state"])
+  }
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "run_info.json"), "w") as f:
-      json.dump({"params_spec": sharding, "opt_spec": opt_spec, "devices": jax.device_count(),
-                 "processes": jax.process_count(), "mesh": dict(trainer.mesh.shape)}, f)
+      json.dump(
+        {
+          "params_spec": sharding,
+          "opt_spec": opt_spec,
+          "devices": jax.device_count(),
+          "processes": jax.process_count(),
+          "mesh": dict(trainer.mesh.shape),
+        },
+        f,
+      )
 
 
 if __name__ == "__main__":

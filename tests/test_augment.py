@@ -16,15 +16,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLUE = os.path.join(ROOT, "tests", "fixtures", "glue")
 CLUE = os.path.join(ROOT, "tests", "fixtures", "clue")
 # Multi-piece in the test vocabulary (so GloVe gives their candidates): word -> pieces.
-SPLIT_WORDS = {"beautiful": ("beauti", "##ful"), "satisfied": ("satis", "##fied"),
-               "utterly": ("utter", "##ly")}
+SPLIT_WORDS = {
+  "beautiful": ("beauti", "##ful"),
+  "satisfied": ("satis", "##fied"),
+  "utterly": ("utter", "##ly"),
+}
 # Tiny GloVe: 3 clusters (a word's neighbours are the rest of its cluster first).
-CLUSTERS = [["beautiful", "lovely", "gorgeous", "pretty"],
-            ["satisfied", "content", "pleased", "happy"],
-            ["film", "movie", "picture", "cinema"],
-            ["utterly", "totally", "completely", "entirely"],
-            ["control", "manage", "handle", "regulate"],
-            ["emotions", "feelings", "moods", "passions"]]
+CLUSTERS = [
+  ["beautiful", "lovely", "gorgeous", "pretty"],
+  ["satisfied", "content", "pleased", "happy"],
+  ["film", "movie", "picture", "cinema"],
+  ["utterly", "totally", "completely", "entirely"],
+  ["control", "manage", "handle", "regulate"],
+  ["emotions", "feelings", "moods", "passions"],
+]
 
 
 def _sst2_words():
@@ -40,9 +45,14 @@ def _save_mlm(path, vocab, seed=5):
   (path).mkdir()
   (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
   tok = Tokenizer.from_vocab(str(path / "vocab.txt"))
-  cfg = models.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=64,
-                          max_position_embeddings=128)
+  cfg = models.BertConfig(
+    vocab_size=tok.vocab_size,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=128,
+  )
   models.save_pretrained(models.create_model(cfg, "mlm", seed=seed), str(path), tokenizer=tok)
   return str(path)
 
@@ -69,10 +79,16 @@ def assets(tmp_path_factory):
   with open(os.path.join(CLUE, "CSL", "train.json"), encoding="utf-8") as f:
     for line in f:
       chars.update(ch for ch in json.loads(line)["abst"] if "\u4e00" <= ch <= "\u9fff")
-  zh = _save_mlm(root / "mlm_zh", ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-                 + sorted(chars) + ["，", "。"])
-  return {"mlm": mlm, "glove": str(glove), "mlm_zh": zh, "vocab": set(vocab),
-          "glove_words": {w for c in CLUSTERS for w in c}}
+  zh = _save_mlm(
+    root / "mlm_zh", ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(chars) + ["，", "。"]
+  )
+  return {
+    "mlm": mlm,
+    "glove": str(glove),
+    "mlm_zh": zh,
+    "vocab": set(vocab),
+    "glove_words": {w for c in CLUSTERS for w in c},
+  }
 
 
 def _run(capsys, *args):
@@ -100,8 +116,22 @@ def _groups(original, augmented, key):
 
 def test_sst2_mlm_and_glove(assets, tmp_path, capsys):
   out1, out2 = tmp_path / "a", tmp_path / "b"
-  common = ["--task", "sst-2", "--data_dir", os.path.join(GLUE, "SST-2"), "--mlm_model",
-            assets["mlm"], "--glove", assets["glove"], "--num_aug", 8, "--k", 3, "--seed", 7]
+  common = [
+    "--task",
+    "sst-2",
+    "--data_dir",
+    os.path.join(GLUE, "SST-2"),
+    "--mlm_model",
+    assets["mlm"],
+    "--glove",
+    assets["glove"],
+    "--num_aug",
+    8,
+    "--k",
+    3,
+    "--seed",
+    7,
+  ]
   log = _run(capsys, *common, "--output_dir", out1)
   assert "5 input rows ->" in log and "mlm+glove" in log
   _run(capsys, *common, "--output_dir", out2)
@@ -117,7 +147,9 @@ def test_sst2_mlm_and_glove(assets, tmp_path, capsys):
   seen_glove = set()
   for orig, rows in groups:
     assert len(rows) <= 8
-    assert len({r.text_a for r in rows}) == len(rows) and orig.text_a not in {r.text_a for r in rows}
+    assert len({r.text_a for r in rows}) == len(rows) and orig.text_a not in {
+      r.text_a for r in rows
+    }
     ow = _words(orig.text_a)
     for r in rows:
       assert r.label == orig.label and r.text_b is None
@@ -133,9 +165,22 @@ def test_sst2_mlm_and_glove(assets, tmp_path, capsys):
 
 
 def test_glove_only_pairs_and_ids(assets, tmp_path, capsys):
-  log = _run(capsys, "--task", "QQP", "--data_dir", os.path.join(GLUE, "QQP"), "--glove_only",
-             "--glove", assets["glove"], "--num_aug", 4, "--k", 3,
-             "--output", tmp_path / "qqp.tsv")
+  log = _run(
+    capsys,
+    "--task",
+    "QQP",
+    "--data_dir",
+    os.path.join(GLUE, "QQP"),
+    "--glove_only",
+    "--glove",
+    assets["glove"],
+    "--num_aug",
+    4,
+    "--k",
+    3,
+    "--output",
+    tmp_path / "qqp.tsv",
+  )
   assert "glove-only" in log
   header = (tmp_path / "qqp.tsv").read_text().splitlines()[0]
   assert header == "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate"
@@ -156,19 +201,48 @@ def test_glove_only_pairs_and_ids(assets, tmp_path, capsys):
 def test_glove_only_text_input(assets, tmp_path, capsys):
   src = tmp_path / "in.txt"
   src.write_text("A beautiful film .\nThe the the .\n")
-  _run(capsys, "--input", src, "--glove_only", "--glove", assets["glove"], "--num_aug", 20,
-       "--p", 1.0, "--k", 3, "--output", tmp_path / "out.txt")
+  _run(
+    capsys,
+    "--input",
+    src,
+    "--glove_only",
+    "--glove",
+    assets["glove"],
+    "--num_aug",
+    20,
+    "--p",
+    1.0,
+    "--k",
+    3,
+    "--output",
+    tmp_path / "out.txt",
+  )
   lines = (tmp_path / "out.txt").read_text().splitlines()
   assert lines[0] == "A beautiful film ." and "The the the ." in lines
-  first = lines[:lines.index("The the the .")]
+  first = lines[: lines.index("The the the .")]
   # p = 1: both words replaced every time, case kept (no "A" candidates: a stop word).
-  assert all(re.fullmatch(r"A (lovely|gorgeous|pretty) (movie|picture|cinema) \.", l)
-             for l in first[1:]) and len(first) > 2
+  assert (
+    all(re.fullmatch(r"A (lovely|gorgeous|pretty) (movie|picture|cinema) \.", l) for l in first[1:])
+    and len(first) > 2
+  )
 
 
 def test_csl_json_chinese_mlm(assets, tmp_path, capsys):
-  _run(capsys, "--task", "csl", "--data_dir", os.path.join(CLUE, "CSL"), "--mlm_model",
-       assets["mlm_zh"], "--glove", assets["glove"], "--num_aug", 3, "--output_dir", tmp_path)
+  _run(
+    capsys,
+    "--task",
+    "csl",
+    "--data_dir",
+    os.path.join(CLUE, "CSL"),
+    "--mlm_model",
+    assets["mlm_zh"],
+    "--glove",
+    assets["glove"],
+    "--num_aug",
+    3,
+    "--output_dir",
+    tmp_path,
+  )
   original = load_split("csl", os.path.join(CLUE, "CSL"), "train")
   augmented = load_split("csl", str(tmp_path), "train")
   assert len(augmented) > len(original)
@@ -205,8 +279,18 @@ def test_real_glove_package(tmp_path, capsys):
   assert "movie" in glove.neighbours(["film"], 5)["film"]
   src = tmp_path / "two.txt"
   src.write_text("a charming and often affecting journey\nunflinchingly bleak and desperate\n")
-  log = _run(capsys, "--input", src, "--glove_only", "--num_aug", 5, "--glove_vocab", 50_000,
-             "--output", tmp_path / "out.txt")
+  log = _run(
+    capsys,
+    "--input",
+    src,
+    "--glove_only",
+    "--num_aug",
+    5,
+    "--glove_vocab",
+    50_000,
+    "--output",
+    tmp_path / "out.txt",
+  )
   assert "2 input rows ->" in log
   lines = (tmp_path / "out.txt").read_text().splitlines()
   assert lines[0] == "a charming and often affecting journey" and len(lines) > 4

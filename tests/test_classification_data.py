@@ -20,17 +20,26 @@ def tokenizer(tmp_path_factory):
 
 
 def _features(n, width=3):
-  return {"x": np.arange(n * width, dtype=np.int32).reshape(n, width),
-          "example_index": np.arange(n, dtype=np.int32)}
+  return {
+    "x": np.arange(n * width, dtype=np.int32).reshape(n, width),
+    "example_index": np.arange(n, dtype=np.int32),
+  }
 
 
 def test_encode_examples_mixed_pairs_and_labels(tokenizer):
-  exs = [Example(0, "good movie", None, 1), Example("x", "a b", "c", 0),
-         Example(2, "bad", None, None)]
+  exs = [
+    Example(0, "good movie", None, 1),
+    Example("x", "a b", "c", 0),
+    Example(2, "bad", None, None),
+  ]
   f = encode_examples(exs, tokenizer, 8)
   assert {k: v.dtype for k, v in f.items()} == {
-      "input_ids": np.int32, "attention_mask": np.int32, "token_type_ids": np.int32,
-      "labels": np.int32, "example_index": np.int32}
+    "input_ids": np.int32,
+    "attention_mask": np.int32,
+    "token_type_ids": np.int32,
+    "labels": np.int32,
+    "example_index": np.int32,
+  }
   assert f["input_ids"].shape == (3, 8)
   np.testing.assert_array_equal(f["input_ids"][0], [2, 8, 10, 3, 0, 0, 0, 0])
   np.testing.assert_array_equal(f["input_ids"][1], [2, 5, 6, 3, 7, 3, 0, 0])
@@ -62,8 +71,10 @@ def test_epochs_cover_rows_and_drop_remainder():
 def test_processes_split_the_same_global_batch():
   feats = _features(20)
   single = ClassificationData(feats, batch_size=4, seed=1)
-  procs = [ClassificationData(feats, batch_size=2, seed=1, process_index=p, process_count=2)
-           for p in range(2)]
+  procs = [
+    ClassificationData(feats, batch_size=2, seed=1, process_index=p, process_count=2)
+    for p in range(2)
+  ]
   assert single.steps_per_epoch == procs[0].steps_per_epoch == 5
   for _ in range(12):
     whole = next(single)

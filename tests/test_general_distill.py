@@ -11,14 +11,16 @@ import time
 import jax
 import numpy as np
 import pytest
+from helpers_env import ROOT, pythonpath
 
 from kdjax import models
 from kdjax.data import Tokenizer
 from kdjax.models import native
 
-from helpers_env import ROOT, pythonpath
-WORDS = ("the a cat dog sat on mat ran fast slow big small red blue green house tree "
-         "bird sky sun moon star water fire earth wind play jump run walk talk eat").split()
+WORDS = (
+  "the a cat dog sat on mat ran fast slow big small red blue green house tree "
+  "bird sky sun moon star water fire earth wind play jump run walk talk eat"
+).split()
 
 
 def _config(name, arg):
@@ -35,9 +37,14 @@ def assets(tmp_path_factory):
   vocab_file = root / "vocab.txt"
   vocab_file.write_text("\n".join(vocab) + "\n")
   tok = Tokenizer.from_vocab(str(vocab_file))
-  cfg = models.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=3,
-                          num_attention_heads=4, intermediate_size=64,
-                          max_position_embeddings=64)
+  cfg = models.BertConfig(
+    vocab_size=len(vocab),
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  )
   teacher = models.create_model(cfg, "none", seed=11)
   models.save_pretrained(teacher, str(root / "teacher"), tokenizer=tok)
   corpus = root / "corpus"
@@ -67,6 +74,7 @@ def _metrics(workdir):
 
 def test_minilmv2_trains_and_exports_hf(assets, tmp_path):
   from kdjax.train import run
+
   c = _tiny(assets, max_steps=30, logging_steps=5, save_steps=15, warmup_steps=3)
   workdir = str(tmp_path / "run")
   run(c, workdir)
@@ -88,12 +96,14 @@ def test_minilmv2_trains_and_exports_hf(assets, tmp_path):
   assert np.max(np.abs(np.asarray(out) - ref)) < 1e-5
   # Any checkpoint of the workdir converts to HF.
   from kdjax.convert import convert
+
   convert(workdir, str(tmp_path / "hf15"), step=15)
   assert os.path.exists(tmp_path / "hf15" / "model.safetensors")
 
 
 def test_ppminilm_terms_logged(assets, tmp_path, monkeypatch):
   from kdjax.train import run
+
   c = _config("ppminilm", "tiny")
   c.teacher.path, c.input_dir = assets
   c.alpha, c.beta, c.max_steps, c.save_steps = 0.2, 0.3, 4, 2
@@ -103,12 +113,15 @@ def test_ppminilm_terms_logged(assets, tmp_path, monkeypatch):
   rows = _metrics(str(tmp_path / "pp"))
   last = [r for r in rows if "loss" in r][-1]
   assert {"token_relation", "head_relation", "sample_relation"} <= set(last)
-  expect = 0.5 * last["token_relation"] + 0.2 * last["head_relation"] + 0.3 * last["sample_relation"]
+  expect = (
+    0.5 * last["token_relation"] + 0.2 * last["head_relation"] + 0.3 * last["sample_relation"]
+  )
   assert last["loss"] == pytest.approx(expect, rel=1e-4)
 
 
 def test_config_errors(assets, tmp_path):
   from kdjax.recipes.general_distill import GeneralDistill
+
   with pytest.raises(ValueError, match="teacher_layer_index.*out of range.*3 layers"):
     GeneralDistill(_tiny(assets, teacher_layer_index=3), str(tmp_path))
   with pytest.raises(ValueError, match="num_relation_heads.*3.*hidden size"):
@@ -124,15 +137,27 @@ def test_config_errors(assets, tmp_path):
 
 def _cli(args, **popen):
   env = dict(os.environ, PYTHONPATH=pythonpath(), JAX_PLATFORMS="cpu")
-  return subprocess.Popen([sys.executable, "-m", "kdjax.train", *args], env=env, cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+  return subprocess.Popen(
+    [sys.executable, "-m", "kdjax.train", *args],
+    env=env,
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **popen,
+  )
 
 
 def _cli_args(assets, workdir, *extra):
   teacher, corpus = assets
-  return ["--config=configs/minilmv2.py:tiny", f"--workdir={workdir}",
-          f"--config.teacher.path={teacher}", f"--config.input_dir={corpus}",
-          "--config.async_checkpoint=False", *extra]
+  return [
+    "--config=configs/minilmv2.py:tiny",
+    f"--workdir={workdir}",
+    f"--config.teacher.path={teacher}",
+    f"--config.input_dir={corpus}",
+    "--config.async_checkpoint=False",
+    *extra,
+  ]
 
 
 def test_cli_unknown_key_and_help(assets, tmp_path):
@@ -154,9 +179,16 @@ def test_cli_sigkill_then_resume_is_exact(assets, tmp_path):
 
   killed = tmp_path / "killed"
   # Slow steps down after the checkpoint so the kill lands mid-run, not after the end.
-  p = _cli(_cli_args(assets, killed, f"--config.max_steps={n}", f"--config.save_steps={every}",
-                     "--config.logging_steps=1"),
-           start_new_session=True)
+  p = _cli(
+    _cli_args(
+      assets,
+      killed,
+      f"--config.max_steps={n}",
+      f"--config.save_steps={every}",
+      "--config.logging_steps=1",
+    ),
+    start_new_session=True,
+  )
   ckpt = killed / "checkpoints" / str(every)
   deadline = time.time() + 240
   while not ckpt.exists() and time.time() < deadline and p.poll() is None:
@@ -179,26 +211,48 @@ def test_multihost_2x4_matches_1x8_and_1x1(assets, tmp_path):
   the losses of 1 process x 8 devices and of 1 device on the same global batches (dropout on:
   its masks do not depend on the sharding)."""
   teacher, corpus = assets
-  common = ["--config=configs/minilmv2.py:tiny", f"--config.teacher.path={teacher}",
-            f"--config.input_dir={corpus}", "--config.data_sharding=global",
-            "--config.max_steps=4", "--config.logging_steps=1", "--config.save_steps=0"]
+  common = [
+    "--config=configs/minilmv2.py:tiny",
+    f"--config.teacher.path={teacher}",
+    f"--config.input_dir={corpus}",
+    "--config.data_sharding=global",
+    "--config.max_steps=4",
+    "--config.logging_steps=1",
+    "--config.save_steps=0",
+  ]
   env = {k: v for k, v in os.environ.items() if not k.startswith(("KDJAX_", "XLA_FLAGS"))}
   env.update(PYTHONPATH=pythonpath(), JAX_PLATFORMS="cpu")
 
   def run(name, launcher=(), mesh="--config.mesh.fsdp=4", **extra):
-    cmd = [sys.executable, *launcher, *([] if launcher else ["-m", "kdjax.train"]),
-           *(["-m", "kdjax.train", "--"] if launcher else []),
-           f"--workdir={tmp_path / name}", *common, mesh]
-    r = subprocess.run(cmd, env=dict(env, **extra), cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+    cmd = [
+      sys.executable,
+      *launcher,
+      *([] if launcher else ["-m", "kdjax.train"]),
+      *(["-m", "kdjax.train", "--"] if launcher else []),
+      f"--workdir={tmp_path / name}",
+      *common,
+      mesh,
+    ]
+    r = subprocess.run(
+      cmd, env=dict(env, **extra), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return np.array([[m["loss"], m["grad_norm"]] for m in _metrics(str(tmp_path / name))
-                     if "loss" in m])
+    return np.array(
+      [[m["loss"], m["grad_norm"]] for m in _metrics(str(tmp_path / name)) if "loss" in m]
+    )
 
   one = run("one", mesh="--config.mesh.fsdp=1")
   eight = run("eight", KDJAX_NUM_CPU_DEVICES="8")
-  two = run("two", launcher=(os.path.join(ROOT, "launch", "local.py"), "--num_processes", "2",
-                             "--num_cpu_devices", "4"))
+  two = run(
+    "two",
+    launcher=(
+      os.path.join(ROOT, "launch", "local.py"),
+      "--num_processes",
+      "2",
+      "--num_cpu_devices",
+      "4",
+    ),
+  )
   assert one.shape == (4, 2)
   np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-5)

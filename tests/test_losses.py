@@ -8,93 +8,97 @@ import numpy as np
 import pytest
 
 from kdjax.losses import (
-    attention_mse,
-    cross_entropy,
-    embedding_mse,
-    hidden_mse,
-    minilm_relation_loss,
-    mse_regression,
-    soft_cross_entropy,
-    uniform_layer_map,
-    vanilla_kd_loss,
+  attention_mse,
+  cross_entropy,
+  embedding_mse,
+  hidden_mse,
+  minilm_relation_loss,
+  mse_regression,
+  soft_cross_entropy,
+  uniform_layer_map,
+  vanilla_kd_loss,
 )
 
 # ----------------------------------------------------------------------------- NumPy references
 
 
 def np_softmax(x):
-    x = np.asarray(x, np.float64)
-    e = np.exp(x - x.max())
-    return e / e.sum()
+  x = np.asarray(x, np.float64)
+  e = np.exp(x - x.max())
+  return e / e.sum()
 
 
 def np_log_softmax(x):
-    x = np.asarray(x, np.float64)
-    m = x.max()
-    return x - m - np.log(np.sum(np.exp(x - m)))
+  x = np.asarray(x, np.float64)
+  m = x.max()
+  return x - m - np.log(np.sum(np.exp(x - m)))
 
 
 def np_kl(teacher_logits, student_logits):
-    """KL(softmax(t) || softmax(s)) for one row, explicit loop."""
-    p, q = np_softmax(teacher_logits), np_softmax(student_logits)
-    return sum(p[j] * math.log(p[j] / q[j]) for j in range(len(p)) if p[j] > 0)
+  """KL(softmax(t) || softmax(s)) for one row, explicit loop."""
+  p, q = np_softmax(teacher_logits), np_softmax(student_logits)
+  return sum(p[j] * math.log(p[j] / q[j]) for j in range(len(p)) if p[j] > 0)
 
 
 def head_slice(x, r, num_heads):
-    d = x.shape[-1] // num_heads
-    return x[..., r * d:(r + 1) * d], d
+  d = x.shape[-1] // num_heads
+  return x[..., r * d : (r + 1) * d], d
 
 
 def ref_token(t, s, mask, num_heads):
-    """MiniLMv2 token-token relation for one tensor pair; mean over (b, r, real i)."""
-    total, count = 0.0, 0
-    batch, seq = mask.shape
-    for b in range(batch):
-        keys = [j for j in range(seq) if mask[b, j]]
-        for r in range(num_heads):
-            xt, dt = head_slice(t[b], r, num_heads)
-            xs, ds = head_slice(s[b], r, num_heads)
-            for i in keys:  # real query rows
-                lt = [xt[i] @ xt[j] / math.sqrt(dt) for j in keys]
-                ls = [xs[i] @ xs[j] / math.sqrt(ds) for j in keys]
-                total += np_kl(lt, ls)
-                count += 1
-    return total / max(count, 1)
+  """MiniLMv2 token-token relation for one tensor pair; mean over (b, r, real i)."""
+  total, count = 0.0, 0
+  batch, seq = mask.shape
+  for b in range(batch):
+    keys = [j for j in range(seq) if mask[b, j]]
+    for r in range(num_heads):
+      xt, dt = head_slice(t[b], r, num_heads)
+      xs, ds = head_slice(s[b], r, num_heads)
+      for i in keys:  # real query rows
+        lt = [xt[i] @ xt[j] / math.sqrt(dt) for j in keys]
+        ls = [xs[i] @ xs[j] / math.sqrt(ds) for j in keys]
+        total += np_kl(lt, ls)
+        count += 1
+  return total / max(count, 1)
 
 
 def ref_head(t, s, mask, num_heads):
-    """PP-MiniLM head-head relation for one tensor pair; mean over (b, real i, r)."""
-    total, count = 0.0, 0
-    batch, seq = mask.shape
-    for b in range(batch):
-        for i in range(seq):
-            if not mask[b, i]:
-                continue
-            for r in range(num_heads):
-                xt_r, dt = head_slice(t[b, i], r, num_heads)
-                xs_r, ds = head_slice(s[b, i], r, num_heads)
-                lt = [xt_r @ head_slice(t[b, i], r2, num_heads)[0] / math.sqrt(dt) for r2 in range(num_heads)]
-                ls = [xs_r @ head_slice(s[b, i], r2, num_heads)[0] / math.sqrt(ds) for r2 in range(num_heads)]
-                total += np_kl(lt, ls)
-                count += 1
-    return total / max(count, 1)
+  """PP-MiniLM head-head relation for one tensor pair; mean over (b, real i, r)."""
+  total, count = 0.0, 0
+  batch, seq = mask.shape
+  for b in range(batch):
+    for i in range(seq):
+      if not mask[b, i]:
+        continue
+      for r in range(num_heads):
+        xt_r, dt = head_slice(t[b, i], r, num_heads)
+        xs_r, ds = head_slice(s[b, i], r, num_heads)
+        lt = [
+          xt_r @ head_slice(t[b, i], r2, num_heads)[0] / math.sqrt(dt) for r2 in range(num_heads)
+        ]
+        ls = [
+          xs_r @ head_slice(s[b, i], r2, num_heads)[0] / math.sqrt(ds) for r2 in range(num_heads)
+        ]
+        total += np_kl(lt, ls)
+        count += 1
+  return total / max(count, 1)
 
 
 def ref_sample(t, s, mask, num_heads):
-    """PP-MiniLM sample-sample relation for one tensor pair; mean over (i, r, real b)."""
-    total, count = 0.0, 0
-    batch, seq = mask.shape
-    for i in range(seq):
-        real = [c for c in range(batch) if mask[c, i]]
-        for r in range(num_heads):
-            for b in real:
-                xt_b, dt = head_slice(t[b, i], r, num_heads)
-                xs_b, ds = head_slice(s[b, i], r, num_heads)
-                lt = [xt_b @ head_slice(t[c, i], r, num_heads)[0] / math.sqrt(dt) for c in real]
-                ls = [xs_b @ head_slice(s[c, i], r, num_heads)[0] / math.sqrt(ds) for c in real]
-                total += np_kl(lt, ls)
-                count += 1
-    return total / max(count, 1)
+  """PP-MiniLM sample-sample relation for one tensor pair; mean over (i, r, real b)."""
+  total, count = 0.0, 0
+  batch, seq = mask.shape
+  for i in range(seq):
+    real = [c for c in range(batch) if mask[c, i]]
+    for r in range(num_heads):
+      for b in real:
+        xt_b, dt = head_slice(t[b, i], r, num_heads)
+        xs_b, ds = head_slice(s[b, i], r, num_heads)
+        lt = [xt_b @ head_slice(t[c, i], r, num_heads)[0] / math.sqrt(dt) for c in real]
+        ls = [xs_b @ head_slice(s[c, i], r, num_heads)[0] / math.sqrt(ds) for c in real]
+        total += np_kl(lt, ls)
+        count += 1
+  return total / max(count, 1)
 
 
 REFS = {"token": ref_token, "head": ref_head, "sample": ref_sample}
@@ -102,146 +106,162 @@ REFS = {"token": ref_token, "head": ref_head, "sample": ref_sample}
 # ----------------------------------------------------------------------------- MiniLM fixtures
 
 # Sample 1 and 2 are padded; position 5 is padding everywhere; position 4 only real in sample 0.
-MASK = np.array(
-    [[1, 1, 1, 1, 1, 0],
-     [1, 1, 1, 0, 0, 0],
-     [1, 1, 0, 0, 0, 0]], np.int32)
+MASK = np.array([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], np.int32)
 
 
 def make_qkv(seed, hidden, mask=MASK, pad_scale=10.0):
-    """Random (q, k, v) [B, L, hidden]; padded positions hold large garbage that must be ignored."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(3):
-        x = rng.normal(size=mask.shape + (hidden,)).astype(np.float32)
-        x = np.where(mask[..., None] > 0, x, pad_scale * x).astype(np.float32)
-        out.append(x)
-    return tuple(out)
+  """Random (q, k, v) [B, L, hidden]; padded positions hold large garbage that must be ignored."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(3):
+    x = rng.normal(size=mask.shape + (hidden,)).astype(np.float32)
+    x = np.where(mask[..., None] > 0, x, pad_scale * x).astype(np.float32)
+    out.append(x)
+  return tuple(out)
 
 
 def ref_terms(teacher, student, mask, num_heads):
-    return {name: sum(fn(t.astype(np.float64), s.astype(np.float64), mask, num_heads)
-                      for t, s in zip(teacher, student))
-            for name, fn in REFS.items()}
+  return {
+    name: sum(
+      fn(t.astype(np.float64), s.astype(np.float64), mask, num_heads)
+      for t, s in zip(teacher, student)
+    )
+    for name, fn in REFS.items()
+  }
 
 
 @pytest.fixture(scope="module")
 def qkv_pair():
-    return make_qkv(0, 48), make_qkv(1, 32)
+  return make_qkv(0, 48), make_qkv(1, 32)
 
 
 @pytest.mark.parametrize("num_heads", [4, 8])
 @pytest.mark.parametrize("term", ["token", "head", "sample"])
 def test_minilm_terms_match_numpy(qkv_pair, term, num_heads):
-    teacher, student = qkv_pair  # teacher hidden 48, student hidden 32
-    loss, terms = minilm_relation_loss(teacher, student, jnp.asarray(MASK), num_heads, return_terms=True)
-    expected = sum(REFS[term](t.astype(np.float64), s.astype(np.float64), MASK, num_heads)
-                   for t, s in zip(teacher, student))
-    assert terms[term].dtype == jnp.float32
-    assert expected > 1e-3  # non-trivial
-    np.testing.assert_allclose(float(terms[term]), expected, rtol=2e-5, atol=1e-6)
-    np.testing.assert_allclose(float(loss), float(terms["token"]), rtol=1e-7)  # alpha = beta = 0
+  teacher, student = qkv_pair  # teacher hidden 48, student hidden 32
+  loss, terms = minilm_relation_loss(
+    teacher, student, jnp.asarray(MASK), num_heads, return_terms=True
+  )
+  expected = sum(
+    REFS[term](t.astype(np.float64), s.astype(np.float64), MASK, num_heads)
+    for t, s in zip(teacher, student)
+  )
+  assert terms[term].dtype == jnp.float32
+  assert expected > 1e-3  # non-trivial
+  np.testing.assert_allclose(float(terms[term]), expected, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(float(loss), float(terms["token"]), rtol=1e-7)  # alpha = beta = 0
 
 
 def test_minilm_weighting_combination_exact(qkv_pair):
-    teacher, student = qkv_pair
-    mask = jnp.asarray(MASK)
-    alpha, beta = 0.2, 0.3
-    loss, terms = minilm_relation_loss(teacher, student, mask, 4, alpha=alpha, beta=beta, return_terms=True)
-    combo = (1 - alpha - beta) * terms["token"] + alpha * terms["head"] + beta * terms["sample"]
-    np.testing.assert_allclose(float(loss), float(combo), rtol=1e-6)
-    ref = ref_terms(teacher, student, MASK, 4)
-    np.testing.assert_allclose(
-        float(loss), 0.5 * ref["token"] + 0.2 * ref["head"] + 0.3 * ref["sample"], rtol=2e-5)
-    # Without return_terms the same scalar comes back; pure head / pure sample weighting too.
-    plain = minilm_relation_loss(teacher, student, mask, 4, alpha=alpha, beta=beta)
-    np.testing.assert_allclose(float(plain), float(loss), rtol=1e-6)
-    np.testing.assert_allclose(float(minilm_relation_loss(teacher, student, mask, 4, alpha=1.0)),
-                               ref["head"], rtol=2e-5)
-    np.testing.assert_allclose(float(minilm_relation_loss(teacher, student, mask, 4, beta=1.0)),
-                               ref["sample"], rtol=2e-5)
+  teacher, student = qkv_pair
+  mask = jnp.asarray(MASK)
+  alpha, beta = 0.2, 0.3
+  loss, terms = minilm_relation_loss(
+    teacher, student, mask, 4, alpha=alpha, beta=beta, return_terms=True
+  )
+  combo = (1 - alpha - beta) * terms["token"] + alpha * terms["head"] + beta * terms["sample"]
+  np.testing.assert_allclose(float(loss), float(combo), rtol=1e-6)
+  ref = ref_terms(teacher, student, MASK, 4)
+  np.testing.assert_allclose(
+    float(loss), 0.5 * ref["token"] + 0.2 * ref["head"] + 0.3 * ref["sample"], rtol=2e-5
+  )
+  # Without return_terms the same scalar comes back; pure head / pure sample weighting too.
+  plain = minilm_relation_loss(teacher, student, mask, 4, alpha=alpha, beta=beta)
+  np.testing.assert_allclose(float(plain), float(loss), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(minilm_relation_loss(teacher, student, mask, 4, alpha=1.0)), ref["head"], rtol=2e-5
+  )
+  np.testing.assert_allclose(
+    float(minilm_relation_loss(teacher, student, mask, 4, beta=1.0)), ref["sample"], rtol=2e-5
+  )
 
 
 def test_minilm_zero_when_teacher_equals_student():
-    x = make_qkv(3, 32)
-    loss, terms = minilm_relation_loss(x, x, jnp.asarray(MASK), 4, alpha=0.3, beta=0.3, return_terms=True)
-    assert abs(float(loss)) < 1e-6
-    for value in terms.values():
-        assert abs(float(value)) < 1e-6
+  x = make_qkv(3, 32)
+  loss, terms = minilm_relation_loss(
+    x, x, jnp.asarray(MASK), 4, alpha=0.3, beta=0.3, return_terms=True
+  )
+  assert abs(float(loss)) < 1e-6
+  for value in terms.values():
+    assert abs(float(value)) < 1e-6
 
 
 def test_minilm_bf16_inputs_give_float32_close_to_fp32(qkv_pair):
-    teacher, student = qkv_pair
-    mask = jnp.asarray(MASK)
-    bf = lambda xs: tuple(jnp.asarray(x, jnp.bfloat16) for x in xs)  # noqa: E731
-    up = lambda xs: tuple(x.astype(jnp.float32) for x in xs)  # noqa: E731
-    loss_bf, terms_bf = minilm_relation_loss(bf(teacher), bf(student), mask, 4, return_terms=True)
-    assert loss_bf.dtype == jnp.float32
-    assert all(v.dtype == jnp.float32 for v in terms_bf.values())
-    # Same (bf16-rounded) values in fp32: float32 accumulation makes these agree tightly.
-    _, terms_up = minilm_relation_loss(up(bf(teacher)), up(bf(student)), mask, 4, return_terms=True)
-    _, terms_32 = minilm_relation_loss(teacher, student, mask, 4, return_terms=True)
-    for name in terms_bf:
-        assert np.isfinite(float(terms_bf[name]))
-        np.testing.assert_allclose(float(terms_bf[name]), float(terms_up[name]), rtol=1e-4)
-        np.testing.assert_allclose(float(terms_bf[name]), float(terms_32[name]), rtol=5e-2)
+  teacher, student = qkv_pair
+  mask = jnp.asarray(MASK)
+  bf = lambda xs: tuple(jnp.asarray(x, jnp.bfloat16) for x in xs)
+  up = lambda xs: tuple(x.astype(jnp.float32) for x in xs)
+  loss_bf, terms_bf = minilm_relation_loss(bf(teacher), bf(student), mask, 4, return_terms=True)
+  assert loss_bf.dtype == jnp.float32
+  assert all(v.dtype == jnp.float32 for v in terms_bf.values())
+  # Same (bf16-rounded) values in fp32: float32 accumulation makes these agree tightly.
+  _, terms_up = minilm_relation_loss(up(bf(teacher)), up(bf(student)), mask, 4, return_terms=True)
+  _, terms_32 = minilm_relation_loss(teacher, student, mask, 4, return_terms=True)
+  for name in terms_bf:
+    assert np.isfinite(float(terms_bf[name]))
+    np.testing.assert_allclose(float(terms_bf[name]), float(terms_up[name]), rtol=1e-4)
+    np.testing.assert_allclose(float(terms_bf[name]), float(terms_32[name]), rtol=5e-2)
 
 
 @pytest.mark.parametrize("who,t_hidden,s_hidden", [("teacher", 50, 32), ("student", 48, 30)])
 def test_minilm_non_divisible_hidden_raises(who, t_hidden, s_hidden):
-    teacher, student = make_qkv(0, t_hidden), make_qkv(1, s_hidden)
-    with pytest.raises(ValueError, match=rf"{who} hidden size {t_hidden if who == 'teacher' else s_hidden}"
-                                         r" is not divisible by num_relation_heads=4"):
-        minilm_relation_loss(teacher, student, jnp.asarray(MASK), 4)
+  teacher, student = make_qkv(0, t_hidden), make_qkv(1, s_hidden)
+  with pytest.raises(
+    ValueError,
+    match=rf"{who} hidden size {t_hidden if who == 'teacher' else s_hidden}"
+    r" is not divisible by num_relation_heads=4",
+  ):
+    minilm_relation_loss(teacher, student, jnp.asarray(MASK), 4)
 
 
 def test_minilm_jit_and_finite_grads_with_padding():
-    # Adds a fully padded sample on top of MASK (all-padding rows, keys and positions).
-    mask = np.concatenate([MASK, np.zeros((1, MASK.shape[1]), np.int32)])
-    teacher, student = make_qkv(5, 48, mask), make_qkv(6, 32, mask)
+  # Adds a fully padded sample on top of MASK (all-padding rows, keys and positions).
+  mask = np.concatenate([MASK, np.zeros((1, MASK.shape[1]), np.int32)])
+  teacher, student = make_qkv(5, 48, mask), make_qkv(6, 32, mask)
 
-    @jax.jit
-    def f(student, alpha, beta):
-        return minilm_relation_loss(teacher, student, jnp.asarray(mask), 8, alpha=alpha, beta=beta)
+  @jax.jit
+  def f(student, alpha, beta):
+    return minilm_relation_loss(teacher, student, jnp.asarray(mask), 8, alpha=alpha, beta=beta)
 
-    value, grads = jax.value_and_grad(f)(student, 0.25, 0.25)
-    ref = ref_terms(teacher, student, mask, 8)
-    np.testing.assert_allclose(float(value), 0.5 * ref["token"] + 0.25 * ref["head"] + 0.25 * ref["sample"],
-                               rtol=2e-5)
-    for g in grads:
-        g = np.asarray(g)
-        assert np.all(np.isfinite(g))
-        assert np.abs(g[mask > 0]).sum() > 0
-        np.testing.assert_array_equal(g[mask == 0], 0.0)  # padding never influences the loss
-    # Gradient vs. central finite difference along a random direction (float64 NumPy reference).
-    rng = np.random.default_rng(7)
-    direction = tuple(rng.normal(size=x.shape) * mask[..., None] for x in student)
-    eps = 1e-3
+  value, grads = jax.value_and_grad(f)(student, 0.25, 0.25)
+  ref = ref_terms(teacher, student, mask, 8)
+  np.testing.assert_allclose(
+    float(value), 0.5 * ref["token"] + 0.25 * ref["head"] + 0.25 * ref["sample"], rtol=2e-5
+  )
+  for g in grads:
+    g = np.asarray(g)
+    assert np.all(np.isfinite(g))
+    assert np.abs(g[mask > 0]).sum() > 0
+    np.testing.assert_array_equal(g[mask == 0], 0.0)  # padding never influences the loss
+  # Gradient vs. central finite difference along a random direction (float64 NumPy reference).
+  rng = np.random.default_rng(7)
+  direction = tuple(rng.normal(size=x.shape) * mask[..., None] for x in student)
+  eps = 1e-3
 
-    def ref_loss(xs):
-        r = ref_terms(teacher, xs, mask, 8)
-        return 0.5 * r["token"] + 0.25 * r["head"] + 0.25 * r["sample"]
+  def ref_loss(xs):
+    r = ref_terms(teacher, xs, mask, 8)
+    return 0.5 * r["token"] + 0.25 * r["head"] + 0.25 * r["sample"]
 
-    plus = tuple(x.astype(np.float64) + eps * d for x, d in zip(student, direction))
-    minus = tuple(x.astype(np.float64) - eps * d for x, d in zip(student, direction))
-    fd = (ref_loss(plus) - ref_loss(minus)) / (2 * eps)
-    analytic = sum(float(np.sum(np.asarray(g, np.float64) * d)) for g, d in zip(grads, direction))
-    np.testing.assert_allclose(analytic, fd, rtol=1e-3, atol=1e-5)
+  plus = tuple(x.astype(np.float64) + eps * d for x, d in zip(student, direction))
+  minus = tuple(x.astype(np.float64) - eps * d for x, d in zip(student, direction))
+  fd = (ref_loss(plus) - ref_loss(minus)) / (2 * eps)
+  analytic = sum(float(np.sum(np.asarray(g, np.float64) * d)) for g, d in zip(grads, direction))
+  np.testing.assert_allclose(analytic, fd, rtol=1e-3, atol=1e-5)
 
 
 def test_minilm_zero_weight_terms_are_not_computed(qkv_pair):
-    teacher, student = qkv_pair
-    mask = jnp.asarray(MASK)
+  teacher, student = qkv_pair
+  mask = jnp.asarray(MASK)
 
-    def count_dots(**kw):
-        jaxpr = jax.make_jaxpr(lambda t, s: minilm_relation_loss(t, s, mask, 4, **kw))(teacher, student)
-        return str(jaxpr).count("dot_general")
+  def count_dots(**kw):
+    jaxpr = jax.make_jaxpr(lambda t, s: minilm_relation_loss(t, s, mask, 4, **kw))(teacher, student)
+    return str(jaxpr).count("dot_general")
 
-    assert count_dots() == 6  # token only: (q, k, v) x (teacher, student)
-    assert count_dots(alpha=0.5) == 12
-    assert count_dots(alpha=0.1, beta=0.1) == 18
-    assert count_dots(alpha=1.0) == 6  # token weight is exactly 0
-    assert count_dots(return_terms=True) == 18
+  assert count_dots() == 6  # token only: (q, k, v) x (teacher, student)
+  assert count_dots(alpha=0.5) == 12
+  assert count_dots(alpha=0.1, beta=0.1) == 18
+  assert count_dots(alpha=1.0) == 6  # token weight is exactly 0
+  assert count_dots(return_terms=True) == 18
 
 
 # ----------------------------------------------------------------------------- TinyBERT
@@ -249,107 +269,127 @@ def test_minilm_zero_weight_terms_are_not_computed(qkv_pair):
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_soft_cross_entropy_matches_numpy(temperature):
-    rng = np.random.default_rng(10)
-    s, t = rng.normal(size=(4, 5)) * 3, rng.normal(size=(4, 5)) * 3
-    expected = np.mean([-sum(np_softmax(t[b] / temperature)[c] * np_log_softmax(s[b] / temperature)[c]
-                             for c in range(5)) for b in range(4)])
-    got = soft_cross_entropy(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temperature)
-    assert got.dtype == jnp.float32
-    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-    bf = soft_cross_entropy(jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16), temperature)
-    assert bf.dtype == jnp.float32
-    np.testing.assert_allclose(float(bf), expected, rtol=3e-2)
+  rng = np.random.default_rng(10)
+  s, t = rng.normal(size=(4, 5)) * 3, rng.normal(size=(4, 5)) * 3
+  expected = np.mean(
+    [
+      -sum(
+        np_softmax(t[b] / temperature)[c] * np_log_softmax(s[b] / temperature)[c] for c in range(5)
+      )
+      for b in range(4)
+    ]
+  )
+  got = soft_cross_entropy(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temperature)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+  bf = soft_cross_entropy(jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16), temperature)
+  assert bf.dtype == jnp.float32
+  np.testing.assert_allclose(float(bf), expected, rtol=3e-2)
 
 
 def test_hidden_mse_matches_numpy():
-    rng = np.random.default_rng(11)
-    s, t = rng.normal(size=(3, 6, 8)), rng.normal(size=(3, 6, 8))
-    sq_sum, count = 0.0, 0
-    for b in range(3):
-        for i in range(6):
-            if MASK[b, i]:
-                for h in range(8):
-                    sq_sum += (s[b, i, h] - t[b, i, h]) ** 2
-                count += 1
-    s32, t32 = jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32)
-    np.testing.assert_allclose(float(hidden_mse(s32, t32, jnp.asarray(MASK))), sq_sum / (count * 8), rtol=1e-5)
-    full = sum((s[b, i, h] - t[b, i, h]) ** 2 for b in range(3) for i in range(6) for h in range(8)) / (3 * 6 * 8)
-    np.testing.assert_allclose(float(hidden_mse(s32, t32)), full, rtol=1e-5)
-    assert embedding_mse is hidden_mse
-    assert hidden_mse(s32.astype(jnp.bfloat16), t32.astype(jnp.bfloat16)).dtype == jnp.float32
-    with pytest.raises(ValueError, match="project"):
-        hidden_mse(s32[..., :4], t32)
+  rng = np.random.default_rng(11)
+  s, t = rng.normal(size=(3, 6, 8)), rng.normal(size=(3, 6, 8))
+  sq_sum, count = 0.0, 0
+  for b in range(3):
+    for i in range(6):
+      if MASK[b, i]:
+        for h in range(8):
+          sq_sum += (s[b, i, h] - t[b, i, h]) ** 2
+        count += 1
+  s32, t32 = jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32)
+  np.testing.assert_allclose(
+    float(hidden_mse(s32, t32, jnp.asarray(MASK))), sq_sum / (count * 8), rtol=1e-5
+  )
+  full = sum(
+    (s[b, i, h] - t[b, i, h]) ** 2 for b in range(3) for i in range(6) for h in range(8)
+  ) / (3 * 6 * 8)
+  np.testing.assert_allclose(float(hidden_mse(s32, t32)), full, rtol=1e-5)
+  assert embedding_mse is hidden_mse
+  assert hidden_mse(s32.astype(jnp.bfloat16), t32.astype(jnp.bfloat16)).dtype == jnp.float32
+  with pytest.raises(ValueError, match="project"):
+    hidden_mse(s32[..., :4], t32)
 
 
 def test_attention_mse_matches_numpy_and_excludes_padding():
-    rng = np.random.default_rng(12)
-    batch, heads, seq = 3, 2, 6
-    additive = np.where(MASK > 0, 0.0, np.finfo(np.float32).min)[:, None, None, :]
-    s = (rng.normal(size=(batch, heads, seq, seq)) + additive).astype(np.float32)
-    t = (rng.normal(size=(batch, heads, seq, seq)) + 0.5 * additive).astype(np.float32)
-    sq_sum, count = 0.0, 0
-    for b in range(batch):
-        for h in range(heads):
-            for i in range(seq):
-                for j in range(seq):
-                    if MASK[b, i] and MASK[b, j]:
-                        sq_sum += (float(s[b, h, i, j]) - float(t[b, h, i, j])) ** 2
-                        count += 1
-    fn = jax.jit(jax.value_and_grad(attention_mse))
-    value, grad = fn(jnp.asarray(s), jnp.asarray(t), jnp.asarray(MASK))
-    np.testing.assert_allclose(float(value), sq_sum / count, rtol=1e-5)
-    grad = np.asarray(grad)
-    assert np.all(np.isfinite(grad))
-    pair = (MASK[:, :, None] * MASK[:, None, :])[:, None].repeat(heads, 1)
-    np.testing.assert_array_equal(grad[pair == 0], 0.0)
-    with pytest.raises(ValueError, match="head counts differ"):
-        attention_mse(jnp.asarray(s[:, :1]), jnp.asarray(t), jnp.asarray(MASK))
+  rng = np.random.default_rng(12)
+  batch, heads, seq = 3, 2, 6
+  additive = np.where(MASK > 0, 0.0, np.finfo(np.float32).min)[:, None, None, :]
+  s = (rng.normal(size=(batch, heads, seq, seq)) + additive).astype(np.float32)
+  t = (rng.normal(size=(batch, heads, seq, seq)) + 0.5 * additive).astype(np.float32)
+  sq_sum, count = 0.0, 0
+  for b in range(batch):
+    for h in range(heads):
+      for i in range(seq):
+        for j in range(seq):
+          if MASK[b, i] and MASK[b, j]:
+            sq_sum += (float(s[b, h, i, j]) - float(t[b, h, i, j])) ** 2
+            count += 1
+  fn = jax.jit(jax.value_and_grad(attention_mse))
+  value, grad = fn(jnp.asarray(s), jnp.asarray(t), jnp.asarray(MASK))
+  np.testing.assert_allclose(float(value), sq_sum / count, rtol=1e-5)
+  grad = np.asarray(grad)
+  assert np.all(np.isfinite(grad))
+  pair = (MASK[:, :, None] * MASK[:, None, :])[:, None].repeat(heads, 1)
+  np.testing.assert_array_equal(grad[pair == 0], 0.0)
+  with pytest.raises(ValueError, match="head counts differ"):
+    attention_mse(jnp.asarray(s[:, :1]), jnp.asarray(t), jnp.asarray(MASK))
 
 
 def test_uniform_layer_map():
-    assert uniform_layer_map(4, 12) == [2, 5, 8, 11]
-    assert uniform_layer_map(6, 12) == [1, 3, 5, 7, 9, 11]
-    assert uniform_layer_map(3, 3) == [0, 1, 2]
-    with pytest.raises(ValueError, match="explicit"):
-        uniform_layer_map(5, 12)
+  assert uniform_layer_map(4, 12) == [2, 5, 8, 11]
+  assert uniform_layer_map(6, 12) == [1, 3, 5, 7, 9, 11]
+  assert uniform_layer_map(3, 3) == [0, 1, 2]
+  with pytest.raises(ValueError, match="explicit"):
+    uniform_layer_map(5, 12)
 
 
 # ----------------------------------------------------------------------------- vanilla KD
 
 
 def np_cross_entropy(logits, labels):
-    return np.mean([-np_log_softmax(logits[b])[labels[b]] for b in range(len(labels))])
+  return np.mean([-np_log_softmax(logits[b])[labels[b]] for b in range(len(labels))])
 
 
 def test_cross_entropy_matches_numpy():
-    rng = np.random.default_rng(20)
-    logits, labels = rng.normal(size=(5, 3)) * 2, np.array([0, 2, 1, 1, 0])
-    got = cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
-    assert got.dtype == jnp.float32
-    np.testing.assert_allclose(float(got), np_cross_entropy(logits, labels), rtol=1e-5)
+  rng = np.random.default_rng(20)
+  logits, labels = rng.normal(size=(5, 3)) * 2, np.array([0, 2, 1, 1, 0])
+  got = cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(float(got), np_cross_entropy(logits, labels), rtol=1e-5)
 
 
 @pytest.mark.parametrize("temperature,alpha", [(1.0, 0.5), (4.0, 0.9)])
 def test_vanilla_kd_loss_matches_numpy(temperature, alpha):
-    rng = np.random.default_rng(21)
-    s, t = rng.normal(size=(5, 3)) * 2, rng.normal(size=(5, 3)) * 2
-    labels = np.array([0, 2, 1, 1, 0])
-    kl = np.mean([np_kl(t[b] / temperature, s[b] / temperature) for b in range(5)])
-    kd_ref = temperature**2 * kl
-    ce_ref = np_cross_entropy(s, labels)
-    loss, parts = jax.jit(vanilla_kd_loss, static_argnums=(3, 4))(
-        jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(labels), temperature, alpha)
-    np.testing.assert_allclose(float(parts["kd"]), kd_ref, rtol=1e-5)
-    np.testing.assert_allclose(float(parts["ce"]), ce_ref, rtol=1e-5)
-    np.testing.assert_allclose(float(loss), alpha * kd_ref + (1 - alpha) * ce_ref, rtol=1e-5)
-    same, parts = vanilla_kd_loss(jnp.asarray(s), jnp.asarray(s), jnp.asarray(labels), temperature, 1.0)
-    assert abs(float(parts["kd"])) < 1e-6 and abs(float(same)) < 1e-6
+  rng = np.random.default_rng(21)
+  s, t = rng.normal(size=(5, 3)) * 2, rng.normal(size=(5, 3)) * 2
+  labels = np.array([0, 2, 1, 1, 0])
+  kl = np.mean([np_kl(t[b] / temperature, s[b] / temperature) for b in range(5)])
+  kd_ref = temperature**2 * kl
+  ce_ref = np_cross_entropy(s, labels)
+  loss, parts = jax.jit(vanilla_kd_loss, static_argnums=(3, 4))(
+    jnp.asarray(s, jnp.float32),
+    jnp.asarray(t, jnp.float32),
+    jnp.asarray(labels),
+    temperature,
+    alpha,
+  )
+  np.testing.assert_allclose(float(parts["kd"]), kd_ref, rtol=1e-5)
+  np.testing.assert_allclose(float(parts["ce"]), ce_ref, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), alpha * kd_ref + (1 - alpha) * ce_ref, rtol=1e-5)
+  same, parts = vanilla_kd_loss(
+    jnp.asarray(s), jnp.asarray(s), jnp.asarray(labels), temperature, 1.0
+  )
+  assert abs(float(parts["kd"])) < 1e-6 and abs(float(same)) < 1e-6
 
 
 def test_mse_regression_matches_numpy():
-    preds, targets = np.array([[0.5], [2.0], [3.5]]), np.array([1.0, 2.0, 5.0])
-    expected = sum((preds[b, 0] - targets[b]) ** 2 for b in range(3)) / 3
-    np.testing.assert_allclose(float(mse_regression(jnp.asarray(preds), jnp.asarray(targets))), expected, rtol=1e-6)
-    np.testing.assert_allclose(float(mse_regression(jnp.asarray(preds[:, 0]), jnp.asarray(targets))), expected,
-                               rtol=1e-6)
-    assert mse_regression(jnp.asarray(preds, jnp.bfloat16), jnp.asarray(targets)).dtype == jnp.float32
+  preds, targets = np.array([[0.5], [2.0], [3.5]]), np.array([1.0, 2.0, 5.0])
+  expected = sum((preds[b, 0] - targets[b]) ** 2 for b in range(3)) / 3
+  np.testing.assert_allclose(
+    float(mse_regression(jnp.asarray(preds), jnp.asarray(targets))), expected, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    float(mse_regression(jnp.asarray(preds[:, 0]), jnp.asarray(targets))), expected, rtol=1e-6
+  )
+  assert mse_regression(jnp.asarray(preds, jnp.bfloat16), jnp.asarray(targets)).dtype == jnp.float32

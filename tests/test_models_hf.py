@@ -25,17 +25,30 @@ def _write_vocab(path):
 
 
 def _hf_tiny(tmp_path, model_type="bert", head="classification", seed=0):
-  common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                intermediate_size=37, max_position_embeddings=64, num_labels=3,
-                attn_implementation="eager")
+  common = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    num_labels=3,
+    attn_implementation="eager",
+  )
   if model_type == "bert":
     cfg = transformers.BertConfig(type_vocab_size=2, **common)
-    cls = {"classification": transformers.BertForSequenceClassification,
-           "mlm": transformers.BertForMaskedLM, "none": transformers.BertModel}[head]
+    cls = {
+      "classification": transformers.BertForSequenceClassification,
+      "mlm": transformers.BertForMaskedLM,
+      "none": transformers.BertModel,
+    }[head]
   else:
     cfg = transformers.RobertaConfig(type_vocab_size=1, pad_token_id=1, **common)
-    cls = {"classification": transformers.RobertaForSequenceClassification,
-           "mlm": transformers.RobertaForMaskedLM, "none": transformers.RobertaModel}[head]
+    cls = {
+      "classification": transformers.RobertaForSequenceClassification,
+      "mlm": transformers.RobertaForMaskedLM,
+      "none": transformers.RobertaModel,
+    }[head]
   torch.manual_seed(seed)
   model = cls(cfg).eval()
   with torch.no_grad():  # non-trivial LayerNorm/bias values so that mapping errors show
@@ -58,14 +71,13 @@ def _inputs(model_type="bert", b=3, l=10, seed=1):
   ids = np.where(mask == 1, ids, pad)
   types = np.zeros((b, l), np.int32)
   if model_type == "bert":
-    types[:, l // 2:] = 1
+    types[:, l // 2 :] = 1
   return ids, mask, types
 
 
 def _torch_out(model, ids, mask, types):
   with torch.no_grad():
-    kw = dict(attention_mask=torch.tensor(mask), output_hidden_states=True,
-              output_attentions=True)
+    kw = dict(attention_mask=torch.tensor(mask), output_hidden_states=True, output_attentions=True)
     if types is not None:
       kw["token_type_ids"] = torch.tensor(types, dtype=torch.long)
     return model(torch.tensor(ids, dtype=torch.long), **kw)
@@ -112,6 +124,7 @@ def test_captured_qkv_and_scores_match_pytorch_hooks(tmp_path):
   def hook(name):
     def fn(_module, _inp, out):
       captured[name] = out.detach().numpy()
+
     return fn
 
   layer = hf.encoder.layer[1].attention.self
@@ -128,7 +141,7 @@ def test_captured_qkv_and_scores_match_pytorch_hooks(tmp_path):
   q = captured["query"].reshape(3, 10, 4, 8).transpose(0, 2, 1, 3)
   k = captured["key"].reshape(3, 10, 4, 8).transpose(0, 2, 1, 3)
   expected = q @ k.transpose(0, 1, 3, 2) / math.sqrt(8)
-  masked = (mask[:, None, None, :] == 0)
+  masked = mask[:, None, None, :] == 0
   scores = np.asarray(internals.scores)
   assert _maxdiff(np.where(masked, 0, scores), np.where(masked, 0, expected)) <= TOL
   assert np.all(scores[np.broadcast_to(masked, scores.shape)] < -1e30)
@@ -136,14 +149,18 @@ def test_captured_qkv_and_scores_match_pytorch_hooks(tmp_path):
 
 
 def test_stop_at_layer_same_internals_less_compute():
-  cfg = models.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=6,
-                          num_attention_heads=4, intermediate_size=64,
-                          max_position_embeddings=64)
+  cfg = models.BertConfig(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  )
   model = models.create_model(cfg, "classification", seed=3)
   ids, mask, types = _inputs()
   full = model(ids, attention_mask=mask, token_type_ids=types, capture_layers=[2])
-  early = model(ids, attention_mask=mask, token_type_ids=types, capture_layers=[2],
-                stop_at_layer=2)
+  early = model(ids, attention_mask=mask, token_type_ids=types, capture_layers=[2], stop_at_layer=2)
   for field in ("hidden", "q", "k", "v", "scores", "probs"):
     np.testing.assert_array_equal(getattr(full.layers[2], field), getattr(early.layers[2], field))
   assert early.logits is None and len(early.hidden_states) == 4
@@ -154,6 +171,7 @@ def test_stop_at_layer_same_internals_less_compute():
   def flops(stop):
     def f(p):  # everything the forward pass returns is kept alive
       return models.bind(skeleton, p)(ids, attention_mask=mask, stop_at_layer=stop)
+
     cost = jax.jit(f).lower(params).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return cost["flops"]
@@ -166,28 +184,42 @@ def test_roundtrip_hf_to_kdjax_to_transformers(tmp_path):
   model = models.from_pretrained(path)
   out_dir = str(tmp_path / "saved")
   models.save_pretrained(model, out_dir)
-  assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json"} <= set(os.listdir(out_dir))
+  assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json"} <= set(
+    os.listdir(out_dir)
+  )
   re, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-      out_dir, output_loading_info=True, attn_implementation="eager")
+    out_dir, output_loading_info=True, attn_implementation="eager"
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   ids, mask, types = _inputs()
   a, b = _torch_out(hf, ids, mask, types), _torch_out(re.eval(), ids, mask, types)
   np.testing.assert_array_equal(a.logits.numpy(), b.logits.numpy())
 
 
-@pytest.mark.parametrize("model_type,head,auto", [
+@pytest.mark.parametrize(
+  "model_type,head,auto",
+  [
     ("bert", "classification", transformers.AutoModelForSequenceClassification),
     ("roberta", "classification", transformers.AutoModelForSequenceClassification),
     ("bert", "mlm", transformers.AutoModelForMaskedLM),
     ("roberta", "mlm", transformers.AutoModelForMaskedLM),
     ("bert", "none", transformers.AutoModel),
-])
+  ],
+)
 def test_kdjax_initialised_model_loads_in_transformers(tmp_path, model_type, head, auto):
-  extra = dict(model_type="roberta", pad_token_id=1, type_vocab_size=1) \
-      if model_type == "roberta" else {}
-  cfg = models.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=48,
-                          max_position_embeddings=64, num_labels=3, **extra)
+  extra = (
+    dict(model_type="roberta", pad_token_id=1, type_vocab_size=1) if model_type == "roberta" else {}
+  )
+  cfg = models.BertConfig(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    num_labels=3,
+    **extra,
+  )
   model = models.create_model(cfg, head, seed=7)
   out_dir = str(tmp_path / "kd")
   models.save_pretrained(model, out_dir)
@@ -215,9 +247,11 @@ def test_real_minilm_parity(minilm_dir):
   kdjax to be as close to the float64 reference as torch-float32 is.
   """
   tok = transformers.BertTokenizer.from_pretrained(minilm_dir)
-  texts = ["The quick brown fox jumps over the lazy dog.",
-           "Knowledge distillation compresses a large teacher into a small student.",
-           "Short one."]
+  texts = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Knowledge distillation compresses a large teacher into a small student.",
+    "Short one.",
+  ]
   enc = tok(texts, padding="max_length", max_length=24, truncation=True, return_tensors="np")
   hf = transformers.AutoModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
   model = models.from_pretrained(minilm_dir)
@@ -263,6 +297,7 @@ def test_error_unsupported_model_type(tmp_path):
 
 def test_error_wrong_shape_and_missing_tensor(tmp_path):
   from safetensors.numpy import load_file, save_file
+
   path, _ = _hf_tiny(tmp_path, "bert")
   st = os.path.join(path, "model.safetensors")
   tensors = load_file(st)
@@ -274,14 +309,21 @@ def test_error_wrong_shape_and_missing_tensor(tmp_path):
     models.from_pretrained(path)
   del bad[name]
   save_file(bad, st, metadata={"format": "pt"})
-  with pytest.raises(KeyError, match=r"model.safetensors.*missing tensor.*layer.1.attention.self.key.weight"):
+  with pytest.raises(
+    KeyError, match=r"model.safetensors.*missing tensor.*layer.1.attention.self.key.weight"
+  ):
     models.from_pretrained(path)
 
 
 def test_error_layer_index_out_of_range():
-  cfg = models.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
-                          num_attention_heads=2, intermediate_size=32,
-                          max_position_embeddings=32)
+  cfg = models.BertConfig(
+    vocab_size=VOCAB,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=32,
+  )
   model = models.create_model(cfg)
   ids = np.ones((1, 4), np.int32)
   with pytest.raises(ValueError, match="layer index 5 out of range.*2 layers"):

@@ -20,7 +20,8 @@ SST2 = os.path.join(ROOT, "tests", "fixtures", "glue", "SST-2")
 
 def _config(arg):
   spec = importlib.util.spec_from_file_location(
-      "tinybert_config", os.path.join(ROOT, "configs", "tinybert.py"))
+    "tinybert_config", os.path.join(ROOT, "configs", "tinybert.py")
+  )
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config(arg)
@@ -41,9 +42,14 @@ def assets(tmp_path_factory):
   root = tmp_path_factory.mktemp("tinybert")
   (root / "vocab.txt").write_text("\n".join(_vocab()) + "\n")
   tok = Tokenizer.from_vocab(str(root / "vocab.txt"))
-  cfg = models.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4,
-                          num_attention_heads=4, intermediate_size=64,
-                          max_position_embeddings=64)
+  cfg = models.BertConfig(
+    vocab_size=tok.vocab_size,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+  )
   teacher = models.create_model(cfg, "classification", seed=3)
   models.save_pretrained(teacher, str(root / "teacher"), tokenizer=tok)
   encoder_only = models.create_model(cfg, "none", seed=3)
@@ -72,8 +78,9 @@ def _masked_mse(a, b, mask_bl):
 
 def _expected_stage1(recipe, params, batch):
   """The stage-1 loss recomputed in NumPy from fresh full forwards of both models."""
-  ids, mask, types = (np.asarray(batch[k]) for k in
-                      ("input_ids", "attention_mask", "token_type_ids"))
+  ids, mask, types = (
+    np.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")
+  )
   teacher = models.from_pretrained(recipe.config.teacher.path, head="none")
   t = teacher(ids, mask, types, capture_layers="all")
   student_params = {k: v for k, v in params.items() if k != "proj"}
@@ -125,17 +132,17 @@ def test_layer_map_and_head_errors(assets, tmp_path):
   with pytest.raises(ValueError, match="head counts"):
     tinybert.build(c, str(tmp_path))
   # The ':arg' form of a map (strings) is accepted.
-  c = _config(f"tiny,task=sst-2,layer_map=0;3")
+  c = _config("tiny,task=sst-2,layer_map=0;3")
   assert tuple(c.layer_map) == ("0", "3")
   assert tinybert.resolve_layer_map(c.layer_map, 2, 4) == (0, 3)
   # Stage 2 needs a teacher with a trained classifier.
   with pytest.raises(ValueError, match="classification head"):
-    tinybert.build(_tiny(assets, "prediction", teacher=_teacher(assets["encoder"])),
-                   str(tmp_path))
+    tinybert.build(_tiny(assets, "prediction", teacher=_teacher(assets["encoder"])), str(tmp_path))
 
 
 def _teacher(path):
   import ml_collections
+
   return ml_collections.ConfigDict(dict(path=path, dtype="float32"))
 
 
@@ -157,7 +164,9 @@ def _metrics(workdir):
 
 def test_two_stages_end_to_end(assets, tmp_path):
   from safetensors import safe_open
+
   from kdjax.train import run
+
   # Stage 1 on the SST-2 fixture (5 examples, batch 2 -> 2 steps per epoch).
   w1 = str(tmp_path / "inter")
   state = run(_tiny(assets, num_train_epochs=6.0), w1)
@@ -171,8 +180,9 @@ def test_two_stages_end_to_end(assets, tmp_path):
   with safe_open(os.path.join(export1, "model.safetensors"), "np") as f:
     keys = set(f.keys())
   assert not any("proj" in k for k in keys)
-  fresh = models.to_hf_state_dict(models.create_model(
-      models.load_config(export1)[0], "classification"))
+  fresh = models.to_hf_state_dict(
+    models.create_model(models.load_config(export1)[0], "classification")
+  )
   assert keys == set(fresh)
   with open(os.path.join(export1, "config.json")) as f:
     cfg = json.load(f)
@@ -180,8 +190,7 @@ def test_two_stages_end_to_end(assets, tmp_path):
   assert cfg["architectures"] == ["BertForSequenceClassification"]
 
   # Stage 2 starts from stage 1's export, evaluates on dev, keeps the best, exports.
-  c2 = _tiny(assets, "prediction", num_train_epochs=2.0, hard_label_weight=0.5,
-             temperature=2.0)
+  c2 = _tiny(assets, "prediction", num_train_epochs=2.0, hard_label_weight=0.5, temperature=2.0)
   for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size"):
     c2.student[k] = None
   c2.student.path = export1
@@ -192,8 +201,9 @@ def test_two_stages_end_to_end(assets, tmp_path):
   init = recipe.init_params(jax.random.key(0))
   loaded = models.params_of(models.from_pretrained(export1, head="classification"))
   np.testing.assert_array_equal(
-      np.asarray(init["bert"]["layer"]["1"]["query"]["kernel"]),
-      np.asarray(loaded["bert"]["layer"]["1"]["query"]["kernel"]))
+    np.asarray(init["bert"]["layer"]["1"]["query"]["kernel"]),
+    np.asarray(loaded["bert"]["layer"]["1"]["query"]["kernel"]),
+  )
   w2 = str(tmp_path / "pred")
   state2 = run(c2, w2)
   assert "proj" not in state2["params"]
@@ -212,5 +222,6 @@ def test_two_stages_end_to_end(assets, tmp_path):
   assert student.config.hidden_size == 16
   # The stage-2 workdir is an ordinary student workdir for the evaluation tooling.
   from kdjax.recipes import classify
+
   best = classify.load_model(w2)
   assert models.head_of(best) == "classification"

@@ -9,11 +9,18 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from jax.sharding import AbstractMesh, PartitionSpec as P
-
 from helpers_trainer import ToyRecipe, load_params, read_metrics, toy_config
-from kdjax.trainer import (Trainer, decay_mask, default_trainer_config, logical_to_mesh,
-                           make_schedule, peak_flops_per_device)
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
+
+from kdjax.trainer import (
+  Trainer,
+  decay_mask,
+  default_trainer_config,
+  logical_to_mesh,
+  make_schedule,
+  peak_flops_per_device,
+)
 from kdjax.trainer.sharding import DEFAULT_RULES, mesh_shape
 
 
@@ -31,8 +38,9 @@ def _losses(workdir):
 
 
 def test_loss_decreases(tmp_path):
-  _, _, state = _train(tmp_path, max_steps=30, logging_steps=1, warmup_steps=2,
-                       recipe={"dropout": 0.0})
+  _, _, state = _train(
+    tmp_path, max_steps=30, logging_steps=1, warmup_steps=2, recipe={"dropout": 0.0}
+  )
   losses = _losses(tmp_path)
   assert len(losses) == 30 and int(state["step"]) == 30
   assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3])
@@ -114,8 +122,9 @@ def test_resume_in_process_and_tmp_checkpoint_ignored(tmp_path):
 
 
 def test_logging_eval_and_best(tmp_path):
-  trainer, recipe, _ = _train(tmp_path, max_steps=6, logging_steps=2, eval_steps=3,
-                              tensorboard=True, save_steps=3)
+  _trainer, recipe, _ = _train(
+    tmp_path, max_steps=6, logging_steps=2, eval_steps=3, tensorboard=True, save_steps=3
+  )
   records = read_metrics(tmp_path)
   train = [r for r in records if "loss" in r]
   evals = [r for r in records if "eval/score" in r]
@@ -152,6 +161,7 @@ class _MinimalRecipe:
   def loss_fn(self, params, frozen, batch, rng):
     assert frozen is None
     from helpers_trainer import mlp_apply
+
     loss = jax.numpy.mean(mlp_apply(params, batch["x"]) ** 2)
     return loss, {}
 
@@ -171,8 +181,9 @@ def test_schedule_and_decay_mask():
   c = default_trainer_config()
   c.learning_rate, c.max_steps, c.warmup_steps = 1.0, 10, 2
   sched = make_schedule(c)
-  np.testing.assert_allclose([float(sched(s)) for s in (0, 1, 2, 6, 10)],
-                             [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+  np.testing.assert_allclose(
+    [float(sched(s)) for s in (0, 1, 2, 6, 10)], [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6
+  )
   c.warmup_steps, c.warmup_proportion = -1, 0.5
   np.testing.assert_allclose(float(make_schedule(c)(5)), 1.0)
   mask = decay_mask({"w": np.zeros((2, 3)), "b": np.zeros(3), "ln": {"scale": np.zeros(3)}})
@@ -188,8 +199,7 @@ def test_logical_to_mesh_rules():
   assert logical_to_mesh(("batch",), rules, (6,), mesh) == P("data")  # keeps what divides
   assert logical_to_mesh(("embed", "embed"), rules, (8, 8), mesh) == P("fsdp")  # no reuse
   assert logical_to_mesh(None, rules, (8, 8), mesh) == P()
-  assert mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {"data": 4, "fsdp": 2,
-                                                                 "tensor": 1}
+  assert mesh_shape({"data": -1, "fsdp": 2, "tensor": 1}, 8) == {"data": 4, "fsdp": 2, "tensor": 1}
   with pytest.raises(ValueError):
     mesh_shape({"data": 3, "fsdp": 1, "tensor": 1}, 8)
   assert peak_flops_per_device("TPU v5 lite") == 197e12

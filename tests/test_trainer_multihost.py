@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers_trainer import load_params, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,8 +28,13 @@ def _env(**extra):
 
 
 def _run_helper(workdir, overrides, env=None, timeout=120):
-  proc = subprocess.run([sys.executable, HELPER, str(workdir), json.dumps(overrides)],
-                        env=env or _env(), capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+    [sys.executable, HELPER, str(workdir), json.dumps(overrides)],
+    env=env or _env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -44,17 +48,30 @@ def runs(tmp_path_factory):
   base = tmp_path_factory.mktemp("mesh")
   out = {name: base / name for name in ("one", "eight", "two_hosts")}
   _run_helper(out["one"], dict(RUN, mesh={"data": 1, "fsdp": 1}))
-  _run_helper(out["eight"], dict(RUN, mesh={"data": 2, "fsdp": 4}),
-              env=_env(KDJAX_NUM_CPU_DEVICES="8"))
+  _run_helper(
+    out["eight"], dict(RUN, mesh={"data": 2, "fsdp": 4}), env=_env(KDJAX_NUM_CPU_DEVICES="8")
+  )
   proc = _launch_two(out["two_hosts"], dict(RUN, mesh={"data": 2, "fsdp": 4}))
   assert "[1] " in proc.stdout  # rank-prefixed output of the second process
   return out
 
 
 def _launch_two(workdir, overrides):
-  cmd = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num_processes", "2",
-         "--num_cpu_devices", "4", "--timeout", "150", "-m", "helpers_trainer", "--",
-         str(workdir), json.dumps(overrides)]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "launch", "local.py"),
+    "--num_processes",
+    "2",
+    "--num_cpu_devices",
+    "4",
+    "--timeout",
+    "150",
+    "-m",
+    "helpers_trainer",
+    "--",
+    str(workdir),
+    json.dumps(overrides),
+  ]
   proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc
@@ -103,8 +120,10 @@ def test_two_processes_match_one_process(runs):
   before = load_params(runs["two_hosts"])
   proc = _launch_two(runs["two_hosts"], dict(RUN, mesh={"data": 2, "fsdp": 4}))
   for rank in (0, 1):
-    assert any(line.startswith(f"[{rank}] ") and "resumed from" in line and "step 5" in line
-               for line in proc.stdout.splitlines())
+    assert any(
+      line.startswith(f"[{rank}] ") and "resumed from" in line and "step 5" in line
+      for line in proc.stdout.splitlines()
+    )
   after = load_params(runs["two_hosts"])
   for k in before:
     np.testing.assert_array_equal(before[k], after[k])
@@ -117,10 +136,15 @@ def _run_until_blocked(workdir, overrides, block_at, wait_for_step=None, timeout
   overrides = dict(overrides, recipe=dict(overrides["recipe"], block_at=block_at, marker=marker))
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, f"log_{block_at}.txt"), "w") as log:
-    proc = subprocess.Popen([sys.executable, HELPER, str(workdir), json.dumps(overrides)],
-                            env=_env(), stdout=log, stderr=subprocess.STDOUT)
-    final = None if wait_for_step is None else os.path.join(workdir, "checkpoints",
-                                                            str(wait_for_step))
+    proc = subprocess.Popen(
+      [sys.executable, HELPER, str(workdir), json.dumps(overrides)],
+      env=_env(),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+    )
+    final = (
+      None if wait_for_step is None else os.path.join(workdir, "checkpoints", str(wait_for_step))
+    )
     deadline = time.monotonic() + timeout
     try:
       while not (os.path.exists(marker) and (final is None or os.path.isdir(final))):
@@ -151,16 +175,27 @@ def test_sigkill_then_resume_is_exact(tmp_path):
 
 
 def test_launcher_stops_everyone_when_one_rank_fails(tmp_path):
-  code = ("import os, sys, time\n"
-          "if os.environ['KDJAX_PROCESS_ID'] == '1': sys.exit(3)\n"
-          "time.sleep(60)\n")
+  code = (
+    "import os, sys, time\nif os.environ['KDJAX_PROCESS_ID'] == '1': sys.exit(3)\ntime.sleep(60)\n"
+  )
   (tmp_path / "fail_one_rank.py").write_text(code)
   env = _env()
   env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
   t0 = time.monotonic()
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "local.py"),
-                         "--num_processes", "2", "-m", "fail_one_rank"],
-                        env=env, capture_output=True, text=True, timeout=60)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "launch", "local.py"),
+      "--num_processes",
+      "2",
+      "-m",
+      "fail_one_rank",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert proc.returncode == 3, proc.stderr
   assert time.monotonic() - t0 < 30
   assert "process 1 exited with 3" in proc.stderr

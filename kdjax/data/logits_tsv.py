@@ -9,15 +9,16 @@ none) and the logits as space-separated floats (``%.9g``: float32 round-trips ex
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 HEADER = ("id", "label", "logits")
 
 
-def write_logits_tsv(path: str, examples: Sequence, logits: np.ndarray,
-                     label_string: Callable[[object], str]) -> None:
+def write_logits_tsv(
+  path: str, examples: Sequence, logits: np.ndarray, label_string: Callable[[object], str]
+) -> None:
   """Writes ``logits[i]`` for ``examples[i]`` (objects with ``id`` and ``label``)."""
   logits = np.asarray(logits, np.float32)
   if logits.ndim != 2 or len(examples) != len(logits):
@@ -34,16 +35,22 @@ def write_logits_tsv(path: str, examples: Sequence, logits: np.ndarray,
   os.replace(tmp, path)
 
 
-def read_logits_tsv(path: str, examples: Sequence, num_labels: int,
-                    label_string: Callable[[object], str], source: str = "the training split"
-                    ) -> np.ndarray:
+def read_logits_tsv(
+  path: str,
+  examples: Sequence,
+  num_labels: int,
+  label_string: Callable[[object], str],
+  source: str = "the training split",
+) -> np.ndarray:
   """float32 ``[len(examples), num_labels]`` logits from ``path``, checked row by row against
   ``examples``: same row count, same ids in the same order, same gold labels (where both
   have one) and exactly ``num_labels`` finite logits per row. Any mismatch raises
   ValueError naming the file and the 1-based line."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"teacher logits file {path} does not exist (write it with "
-                            "`python -m kdjax.evaluate --split=train --logits_output=...`)")
+    raise FileNotFoundError(
+      f"teacher logits file {path} does not exist (write it with "
+      "`python -m kdjax.evaluate --split=train --logits_output=...`)"
+    )
   with open(path, encoding="utf-8", newline="") as f:
     lines = [(i, line.rstrip("\r\n")) for i, line in enumerate(f, start=1)]
   while lines and not lines[-1][1].strip():
@@ -53,22 +60,28 @@ def read_logits_tsv(path: str, examples: Sequence, num_labels: int,
     raise ValueError(f"{path}:1: expected the header 'id<TAB>label<TAB>logits', got {got!r}")
   rows = lines[1:]
   if len(rows) != len(examples):
-    raise ValueError(f"{path}: {len(rows)} rows of logits but {source} has {len(examples)} "
-                     "examples: the file does not line up with the training data")
+    raise ValueError(
+      f"{path}: {len(rows)} rows of logits but {source} has {len(examples)} "
+      "examples: the file does not line up with the training data"
+    )
   out = np.empty((len(rows), num_labels), np.float32)
   for k, ((lineno, line), ex) in enumerate(zip(rows, examples)):
     where = f"{path}:{lineno}"
     fields = line.split("\t")
     if len(fields) != 3:
-      raise ValueError(f"{where}: expected 3 tab-separated fields (id, label, logits), "
-                       f"got {len(fields)}")
+      raise ValueError(
+        f"{where}: expected 3 tab-separated fields (id, label, logits), got {len(fields)}"
+      )
     if fields[0] != str(ex.id):
-      raise ValueError(f"{where}: id {fields[0]!r} but example {k} of {source} has id "
-                       f"{str(ex.id)!r}: the file does not line up with the training data")
+      raise ValueError(
+        f"{where}: id {fields[0]!r} but example {k} of {source} has id "
+        f"{str(ex.id)!r}: the file does not line up with the training data"
+      )
     gold = label_string(ex.label)
     if fields[1] and gold and fields[1] != gold:
-      raise ValueError(f"{where}: label {fields[1]!r} but example {k} ({ex.id!r}) of {source} "
-                       f"has label {gold!r}")
+      raise ValueError(
+        f"{where}: label {fields[1]!r} but example {k} ({ex.id!r}) of {source} has label {gold!r}"
+      )
     try:
       values = [float(v) for v in fields[2].split()]
     except ValueError:

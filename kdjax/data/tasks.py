@@ -36,25 +36,26 @@ import csv
 import json
 import math
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 # Only local files are ever read; never let `datasets` try the Hub.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 __all__ = [
-    "Example",
-    "TaskSpec",
-    "TASKS",
-    "get_task",
-    "load_split",
-    "as_columns",
-    "mark_wsc_spans",
-    "resolve_path",
-    "default_hparams",
-    "write_clue_predictions",
-    "write_glue_predictions",
+  "TASKS",
+  "Example",
+  "TaskSpec",
+  "as_columns",
+  "default_hparams",
+  "get_task",
+  "load_split",
+  "mark_wsc_spans",
+  "resolve_path",
+  "write_clue_predictions",
+  "write_glue_predictions",
 ]
 
 
@@ -65,12 +66,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Example:
-    """One fine-tuning / evaluation record."""
+  """One fine-tuning / evaluation record."""
 
-    id: int | str
-    text_a: str
-    text_b: str | None
-    label: int | float | None
+  id: int | str
+  text_a: str
+  text_b: str | None
+  label: int | float | None
 
 
 # reader(spec, path, split, cache_dir) -> list[Example]
@@ -79,55 +80,55 @@ Reader = Callable[["TaskSpec", Path, str, "str | None"], "list[Example]"]
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Static description of one task.
+  """Static description of one task.
 
-    ``labels`` is a tuple (immutable, fixed order; index = class id) or
-    ``None`` for regression.  ``files`` maps split name -> file name inside the
-    task folder.  ``metrics`` lists the metric names reported by
-    :func:`kdjax.data.task_metrics.compute_metrics`; ``main_metric`` is the one
-    used for model selection (also reported under the key ``"main"``).
-    """
+  ``labels`` is a tuple (immutable, fixed order; index = class id) or
+  ``None`` for regression.  ``files`` maps split name -> file name inside the
+  task folder.  ``metrics`` lists the metric names reported by
+  :func:`kdjax.data.task_metrics.compute_metrics`; ``main_metric`` is the one
+  used for model selection (also reported under the key ``"main"``).
+  """
 
-    name: str
-    benchmark: str  # "clue" | "glue"
-    labels: tuple[str, ...] | None
-    is_regression: bool
-    metrics: tuple[str, ...]
-    main_metric: str
-    files: Mapping[str, str] = field(hash=False)
-    reader: Reader = field(repr=False)
-    dir_names: tuple[str, ...] = ()
-    drop_labels: frozenset[str] = frozenset()
-    eval_splits: tuple[str, ...] = ("dev",)
-    # split -> submission file name (CLUE: <task>_predict.json, GLUE: <TASK>.tsv)
-    submission_files: Mapping[str, str] = field(default_factory=dict, hash=False)
-    notes: str = field(default="", repr=False, compare=False)
+  name: str
+  benchmark: str  # "clue" | "glue"
+  labels: tuple[str, ...] | None
+  is_regression: bool
+  metrics: tuple[str, ...]
+  main_metric: str
+  files: Mapping[str, str] = field(hash=False)
+  reader: Reader = field(repr=False)
+  dir_names: tuple[str, ...] = ()
+  drop_labels: frozenset[str] = frozenset()
+  eval_splits: tuple[str, ...] = ("dev",)
+  # split -> submission file name (CLUE: <task>_predict.json, GLUE: <TASK>.tsv)
+  submission_files: Mapping[str, str] = field(default_factory=dict, hash=False)
+  notes: str = field(default="", repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if self.is_regression != (self.labels is None):
-            raise ValueError(f"{self.name}: is_regression must be True iff labels is None")
-        if self.main_metric not in self.metrics:
-            raise ValueError(f"{self.name}: main_metric {self.main_metric!r} not in {self.metrics}")
+  def __post_init__(self) -> None:
+    if self.is_regression != (self.labels is None):
+      raise ValueError(f"{self.name}: is_regression must be True iff labels is None")
+    if self.main_metric not in self.metrics:
+      raise ValueError(f"{self.name}: main_metric {self.main_metric!r} not in {self.metrics}")
 
-    @property
-    def num_labels(self) -> int:
-        """Output width of the classification head (1 for regression)."""
-        return 1 if self.labels is None else len(self.labels)
+  @property
+  def num_labels(self) -> int:
+    """Output width of the classification head (1 for regression)."""
+    return 1 if self.labels is None else len(self.labels)
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        """Data splits (``files`` minus the TNEWS/IFLYTEK ``labels`` list file)."""
-        return tuple(s for s in self.files if s != "labels")
+  @property
+  def splits(self) -> tuple[str, ...]:
+    """Data splits (``files`` minus the TNEWS/IFLYTEK ``labels`` list file)."""
+    return tuple(s for s in self.files if s != "labels")
 
-    def label_to_id(self, label: str) -> int:
-        if self.labels is None:
-            raise ValueError(f"{self.name} is a regression task; it has no label ids")
-        return self.labels.index(label)
+  def label_to_id(self, label: str) -> int:
+    if self.labels is None:
+      raise ValueError(f"{self.name} is a regression task; it has no label ids")
+    return self.labels.index(label)
 
-    def id_to_label(self, index: int) -> str:
-        if self.labels is None:
-            raise ValueError(f"{self.name} is a regression task; it has no label strings")
-        return self.labels[int(index)]
+  def id_to_label(self, index: int) -> str:
+    if self.labels is None:
+      raise ValueError(f"{self.name} is a regression task; it has no label strings")
+    return self.labels[int(index)]
 
 
 # --------------------------------------------------------------------------
@@ -136,91 +137,91 @@ class TaskSpec:
 
 
 def _datasets():
-    # Imported lazily so that `get_task` / metrics users do not pay for it.
-    import datasets  # noqa: WPS433
+  # Imported lazily so that `get_task` / metrics users do not pay for it.
+  import datasets
 
-    return datasets
+  return datasets
 
 
 def _first_lines(path: Path, n: int, encoding: str = "utf-8-sig") -> list[str]:
-    """First ``n`` non-blank lines of a text file (without line endings)."""
-    out: list[str] = []
-    with open(path, encoding=encoding, newline="") as fh:
-        for line in fh:
-            line = line.rstrip("\r\n")
-            if line.strip():
-                out.append(line)
-                if len(out) >= n:
-                    break
-    return out
+  """First ``n`` non-blank lines of a text file (without line endings)."""
+  out: list[str] = []
+  with open(path, encoding=encoding, newline="") as fh:
+    for line in fh:
+      line = line.rstrip("\r\n")
+      if line.strip():
+        out.append(line)
+        if len(out) >= n:
+          break
+  return out
 
 
 def _physical_line(path: Path, record_index: int, skip_records: int = 0) -> int:
-    """1-based line number of the ``record_index``-th data record.
+  """1-based line number of the ``record_index``-th data record.
 
-    Blank lines are skipped by both the JSON and the CSV builders, so the
-    record count is over non-blank lines; ``skip_records`` = 1 for a header.
-    Only called on the error path.
-    """
-    target = record_index + skip_records
-    seen = -1
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if line.strip():
-                seen += 1
-                if seen == target:
-                    return lineno
-    return record_index + skip_records + 1  # best effort
+  Blank lines are skipped by both the JSON and the CSV builders, so the
+  record count is over non-blank lines; ``skip_records`` = 1 for a header.
+  Only called on the error path.
+  """
+  target = record_index + skip_records
+  seen = -1
+  with open(path, encoding="utf-8-sig", newline="") as fh:
+    for lineno, line in enumerate(fh, start=1):
+      if line.strip():
+        seen += 1
+        if seen == target:
+          return lineno
+  return record_index + skip_records + 1  # best effort
 
 
 def _read_jsonl(path: Path, cache_dir: str | None = None) -> tuple[dict[str, list], int]:
-    if not _first_lines(path, 1):
-        return {}, 0
-    ds = _datasets().load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
-    return ds.to_dict(), ds.num_rows
+  if not _first_lines(path, 1):
+    return {}, 0
+  ds = _datasets().load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
+  return ds.to_dict(), ds.num_rows
 
 
 def _read_tsv(
-    path: Path, column_names: Sequence[str] | None = None, cache_dir: str | None = None
+  path: Path, column_names: Sequence[str] | None = None, cache_dir: str | None = None
 ) -> tuple[dict[str, list], int]:
-    """Read a GLUE TSV with every column as a string.
+  """Read a GLUE TSV with every column as a string.
 
-    ``column_names=None``: the first line is the header.  Otherwise the file
-    has no header and ``column_names`` are used.  ``quoting=QUOTE_NONE``
-    because GLUE text contains unbalanced ``"``; ``na_filter=False`` keeps
-    empty fields / "NA" / "null" as strings; ``utf-8-sig`` drops the BOM that
-    the GLUE MRPC train/dev header carries (copied from msr_paraphrase_*.txt).
-    """
-    lines = _first_lines(path, 2)
-    if column_names is None:
-        if not lines:
-            return {}, 0
-        names = lines[0].split("\t")
-        header: int | None = 0
-        has_rows = len(lines) > 1
-    else:
-        names = list(column_names)
-        header = None
-        has_rows = bool(lines)
-    if not has_rows:
-        return {n: [] for n in names}, 0
-    datasets = _datasets()
-    features = datasets.Features({n: datasets.Value("string") for n in names})
-    ds = datasets.load_dataset(
-        "csv",
-        data_files=str(path),
-        split="train",
-        delimiter="\t",
-        quoting=csv.QUOTE_NONE,
-        header=header,
-        column_names=names,
-        features=features,
-        keep_default_na=False,
-        na_filter=False,
-        encoding="utf-8-sig",
-        cache_dir=cache_dir,
-    )
-    return ds.to_dict(), ds.num_rows
+  ``column_names=None``: the first line is the header.  Otherwise the file
+  has no header and ``column_names`` are used.  ``quoting=QUOTE_NONE``
+  because GLUE text contains unbalanced ``"``; ``na_filter=False`` keeps
+  empty fields / "NA" / "null" as strings; ``utf-8-sig`` drops the BOM that
+  the GLUE MRPC train/dev header carries (copied from msr_paraphrase_*.txt).
+  """
+  lines = _first_lines(path, 2)
+  if column_names is None:
+    if not lines:
+      return {}, 0
+    names = lines[0].split("\t")
+    header: int | None = 0
+    has_rows = len(lines) > 1
+  else:
+    names = list(column_names)
+    header = None
+    has_rows = bool(lines)
+  if not has_rows:
+    return {n: [] for n in names}, 0
+  datasets = _datasets()
+  features = datasets.Features({n: datasets.Value("string") for n in names})
+  ds = datasets.load_dataset(
+    "csv",
+    data_files=str(path),
+    split="train",
+    delimiter="\t",
+    quoting=csv.QUOTE_NONE,
+    header=header,
+    column_names=names,
+    features=features,
+    keep_default_na=False,
+    na_filter=False,
+    encoding="utf-8-sig",
+    cache_dir=cache_dir,
+  )
+  return ds.to_dict(), ds.num_rows
 
 
 # --------------------------------------------------------------------------
@@ -229,166 +230,162 @@ def _read_tsv(
 
 
 class _Ctx:
-    """Per-file context for error messages."""
+  """Per-file context for error messages."""
 
-    def __init__(self, spec: TaskSpec, path: Path, header_records: int) -> None:
-        self.spec = spec
-        self.path = path
-        self.header_records = header_records
+  def __init__(self, spec: TaskSpec, path: Path, header_records: int) -> None:
+    self.spec = spec
+    self.path = path
+    self.header_records = header_records
 
-    def where(self, i: int) -> str:
-        return f"{self.path}, line {_physical_line(self.path, i, self.header_records)}"
+  def where(self, i: int) -> str:
+    return f"{self.path}, line {_physical_line(self.path, i, self.header_records)}"
 
-    def error(self, i: int, msg: str) -> ValueError:
-        return ValueError(f"{self.spec.name}: {self.where(i)}: {msg}")
+  def error(self, i: int, msg: str) -> ValueError:
+    return ValueError(f"{self.spec.name}: {self.where(i)}: {msg}")
 
 
 def _as_id(value: Any) -> int | str:
-    if isinstance(value, str):
-        s = value.strip()
-        return int(s) if s.isdigit() else s
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+  if isinstance(value, str):
+    s = value.strip()
+    return int(s) if s.isdigit() else s
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return value
 
 
 def _label_str(value: Any) -> str:
-    if isinstance(value, bool):  # JSON true/false -> CLUEWSC's "true"/"false"
-        return "true" if value else "false"
-    return str(value).strip()
+  if isinstance(value, bool):  # JSON true/false -> CLUEWSC's "true"/"false"
+    return "true" if value else "false"
+  return str(value).strip()
 
 
 def _build_examples(
-    spec: TaskSpec,
-    path: Path,
-    cols: Mapping[str, list],
-    n: int,
-    *,
-    text_a: Any,
-    text_b: Any = None,
-    label_col: str | None,
-    id_cols: Sequence[str] = (),
-    header_records: int = 0,
-    require_label: bool = False,
+  spec: TaskSpec,
+  path: Path,
+  cols: Mapping[str, list],
+  n: int,
+  *,
+  text_a: Any,
+  text_b: Any = None,
+  label_col: str | None,
+  id_cols: Sequence[str] = (),
+  header_records: int = 0,
+  require_label: bool = False,
 ) -> list[Example]:
-    """Turn columns into Examples.  Text getters are a column name or
-    ``fn(cols, i, ctx) -> str``.  ``require_label``: the label column must
-    exist (train/dev); on test splits a missing label column means label=None."""
-    ctx = _Ctx(spec, path, header_records)
+  """Turn columns into Examples.  Text getters are a column name or
+  ``fn(cols, i, ctx) -> str``.  ``require_label``: the label column must
+  exist (train/dev); on test splits a missing label column means label=None."""
+  ctx = _Ctx(spec, path, header_records)
 
-    needed = [g for g in (text_a, text_b) if isinstance(g, str)]
-    if require_label and label_col is not None:
-        needed.append(label_col)
-    missing = [c for c in needed if c not in cols]
-    if missing and n:
-        raise ValueError(
-            f"{spec.name}: {path}: missing column(s) {missing}; found {sorted(cols)}"
-        )
+  needed = [g for g in (text_a, text_b) if isinstance(g, str)]
+  if require_label and label_col is not None:
+    needed.append(label_col)
+  missing = [c for c in needed if c not in cols]
+  if missing and n:
+    raise ValueError(f"{spec.name}: {path}: missing column(s) {missing}; found {sorted(cols)}")
 
-    def getter(g: Any) -> Callable[[int], str | None]:
-        if g is None:
-            return lambda i: None
-        if isinstance(g, str):
-            column = cols[g] if n else []
+  def getter(g: Any) -> Callable[[int], str | None]:
+    if g is None:
+      return lambda i: None
+    if isinstance(g, str):
+      column = cols[g] if n else []
 
-            def get(i: int) -> str:
-                v = column[i]
-                if v is None:
-                    raise ctx.error(i, f"field {g!r} is null")
-                return str(v)
+      def get(i: int) -> str:
+        v = column[i]
+        if v is None:
+          raise ctx.error(i, f"field {g!r} is null")
+        return str(v)
 
-            return get
-        return lambda i: g(cols, i, ctx)
+      return get
+    return lambda i: g(cols, i, ctx)
 
-    get_a, get_b = getter(text_a), getter(text_b)
-    id_col = next((c for c in id_cols if c in cols), None)
-    ids = cols[id_col] if id_col is not None else None
-    labels = cols.get(label_col) if label_col is not None else None
-    label_index = {l: k for k, l in enumerate(spec.labels)} if spec.labels is not None else None
+  get_a, get_b = getter(text_a), getter(text_b)
+  id_col = next((c for c in id_cols if c in cols), None)
+  ids = cols[id_col] if id_col is not None else None
+  labels = cols.get(label_col) if label_col is not None else None
+  label_index = {l: k for k, l in enumerate(spec.labels)} if spec.labels is not None else None
 
-    out: list[Example] = []
-    for i in range(n):
-        label: int | float | None = None
-        if labels is not None:
-            raw = labels[i]
-            if raw is None:
-                raise ctx.error(i, f"label is null (field {label_col!r})")
-            s = _label_str(raw)
-            if s in spec.drop_labels:
-                continue
-            if label_index is None:
-                try:
-                    label = float(s)
-                except ValueError:
-                    raise ctx.error(i, f"bad regression label {raw!r}") from None
-                if not (math.isfinite(label) and 0.0 <= label <= 5.0):
-                    raise ctx.error(i, f"bad regression label {raw!r} (expected 0..5)")
-            else:
-                if s not in label_index:
-                    raise ctx.error(
-                        i, f"bad label {raw!r}; expected one of {list(spec.labels)}"
-                    )
-                label = label_index[s]
-        ex_id = _as_id(ids[i]) if ids is not None and ids[i] is not None else i
-        out.append(Example(id=ex_id, text_a=get_a(i), text_b=get_b(i), label=label))
-    return out
+  out: list[Example] = []
+  for i in range(n):
+    label: int | float | None = None
+    if labels is not None:
+      raw = labels[i]
+      if raw is None:
+        raise ctx.error(i, f"label is null (field {label_col!r})")
+      s = _label_str(raw)
+      if s in spec.drop_labels:
+        continue
+      if label_index is None:
+        try:
+          label = float(s)
+        except ValueError:
+          raise ctx.error(i, f"bad regression label {raw!r}") from None
+        if not (math.isfinite(label) and 0.0 <= label <= 5.0):
+          raise ctx.error(i, f"bad regression label {raw!r} (expected 0..5)")
+      else:
+        if s not in label_index:
+          raise ctx.error(i, f"bad label {raw!r}; expected one of {list(spec.labels)}")
+        label = label_index[s]
+    ex_id = _as_id(ids[i]) if ids is not None and ids[i] is not None else i
+    out.append(Example(id=ex_id, text_a=get_a(i), text_b=get_b(i), label=label))
+  return out
 
 
 def _json_reader(
-    *, text_a: Any, text_b: Any = None, label_col: str | None = "label", id_cols=("id",)
+  *, text_a: Any, text_b: Any = None, label_col: str | None = "label", id_cols=("id",)
 ) -> Reader:
-    def read(spec: TaskSpec, path: Path, split: str, cache_dir: str | None = None) -> list[Example]:
-        cols, n = _read_jsonl(path, cache_dir)
-        return _build_examples(
-            spec,
-            path,
-            cols,
-            n,
-            text_a=text_a,
-            text_b=text_b,
-            label_col=label_col,
-            id_cols=id_cols,
-            require_label=not split.startswith("test"),
-        )
+  def read(spec: TaskSpec, path: Path, split: str, cache_dir: str | None = None) -> list[Example]:
+    cols, n = _read_jsonl(path, cache_dir)
+    return _build_examples(
+      spec,
+      path,
+      cols,
+      n,
+      text_a=text_a,
+      text_b=text_b,
+      label_col=label_col,
+      id_cols=id_cols,
+      require_label=not split.startswith("test"),
+    )
 
-    return read
+  return read
 
 
 def _tsv_reader(
-    *,
-    text_a: Any,
-    text_b: Any = None,
-    label_col: str | None = "label",
-    id_cols=("index",),
-    headerless_names: Sequence[str] | None = None,
+  *,
+  text_a: Any,
+  text_b: Any = None,
+  label_col: str | None = "label",
+  id_cols=("index",),
+  headerless_names: Sequence[str] | None = None,
 ) -> Reader:
-    """GLUE TSV reader.
+  """GLUE TSV reader.
 
-    ``headerless_names``: the file has no header unless its first field is
-    ``index`` (CoLA: train/dev are headerless, test has ``index\\tsentence``).
-    """
+  ``headerless_names``: the file has no header unless its first field is
+  ``index`` (CoLA: train/dev are headerless, test has ``index\\tsentence``).
+  """
 
-    def read(spec: TaskSpec, path: Path, split: str, cache_dir: str | None = None) -> list[Example]:
-        names = None
-        if headerless_names is not None:
-            first = _first_lines(path, 1)
-            if not (first and first[0].split("\t", 1)[0] == "index"):
-                names = headerless_names
-        cols, n = _read_tsv(path, names, cache_dir)
-        return _build_examples(
-            spec,
-            path,
-            cols,
-            n,
-            text_a=text_a,
-            text_b=text_b,
-            label_col=label_col,
-            id_cols=id_cols,
-            header_records=0 if names is not None else 1,
-            require_label=not split.startswith("test"),
-        )
+  def read(spec: TaskSpec, path: Path, split: str, cache_dir: str | None = None) -> list[Example]:
+    names = None
+    if headerless_names is not None:
+      first = _first_lines(path, 1)
+      if not (first and first[0].split("\t", 1)[0] == "index"):
+        names = headerless_names
+    cols, n = _read_tsv(path, names, cache_dir)
+    return _build_examples(
+      spec,
+      path,
+      cols,
+      n,
+      text_a=text_a,
+      text_b=text_b,
+      label_col=label_col,
+      id_cols=id_cols,
+      header_records=0 if names is not None else 1,
+      require_label=not split.startswith("test"),
+    )
 
-    return read
+  return read
 
 
 # --------------------------------------------------------------------------
@@ -397,70 +394,70 @@ def _tsv_reader(
 
 
 def _locate_span(text: str, span: str, index: int) -> int | None:
-    """Index of ``span`` in ``text``: ``index`` if it matches, else the nearest occurrence."""
-    if text[index : index + len(span)] == span:
-        return index
-    hits = []
-    start = text.find(span)
-    while start != -1:
-        hits.append(start)
-        start = text.find(span, start + 1)
-    if not hits:
-        return None
-    return min(hits, key=lambda h: (abs(h - index), h))
+  """Index of ``span`` in ``text``: ``index`` if it matches, else the nearest occurrence."""
+  if text[index : index + len(span)] == span:
+    return index
+  hits = []
+  start = text.find(span)
+  while start != -1:
+    hits.append(start)
+    start = text.find(span, start + 1)
+  if not hits:
+    return None
+  return min(hits, key=lambda h: (abs(h - index), h))
 
 
 def mark_wsc_spans(text: str, span1: str, index1: int, span2: str, index2: int) -> str:
-    """CLUEWSC2020 marking, identical to the CLUE baselines' ``WSCProcessor``.
+  """CLUEWSC2020 marking, identical to the CLUE baselines' ``WSCProcessor``.
 
-    span1 (the candidate noun phrase, ``query``) is wrapped in ``_`` ... ``_``
-    and span2 (the pronoun) in ``[`` ... ``]``, e.g.
-    ``这时候放在_床_上枕头旁边的手机响了，……现在[它]突然响了。``
-    The insertion order reproduces the baseline exactly, including when the
-    pronoun precedes the candidate.
-    """
-    chars = list(text)
-    if index2 > index1:
-        chars.insert(index1, "_")
-        chars.insert(index1 + len(span1) + 1, "_")
-        chars.insert(index2 + 2, "[")
-        chars.insert(index2 + len(span2) + 2 + 1, "]")
-    else:
-        chars.insert(index2, "[")
-        chars.insert(index2 + len(span2) + 1, "]")
-        chars.insert(index1 + 2, "_")
-        chars.insert(index1 + len(span1) + 2 + 1, "_")
-    return "".join(chars)
+  span1 (the candidate noun phrase, ``query``) is wrapped in ``_`` ... ``_``
+  and span2 (the pronoun) in ``[`` ... ``]``, e.g.
+  ``这时候放在_床_上枕头旁边的手机响了，……现在[它]突然响了。``
+  The insertion order reproduces the baseline exactly, including when the
+  pronoun precedes the candidate.
+  """
+  chars = list(text)
+  if index2 > index1:
+    chars.insert(index1, "_")
+    chars.insert(index1 + len(span1) + 1, "_")
+    chars.insert(index2 + 2, "[")
+    chars.insert(index2 + len(span2) + 2 + 1, "]")
+  else:
+    chars.insert(index2, "[")
+    chars.insert(index2 + len(span2) + 1, "]")
+    chars.insert(index1 + 2, "_")
+    chars.insert(index1 + len(span1) + 2 + 1, "_")
+  return "".join(chars)
 
 
 def _wsc_text(cols: Mapping[str, list], i: int, ctx: _Ctx) -> str:
-    # CLUE v1 cluewsc2020_public: {"target": {"span2_index", "span1_index",
-    # "span1_text", "span2_text"}, "idx", "label", "text"}; test has "id".
-    # The baseline asserts that text[span_index:...] == span_text; we are a bit
-    # more lenient and fall back to the nearest occurrence of the span text
-    # (raising only if the span text does not occur at all).
-    try:
-        text = cols["text"][i]
-        target = cols["target"][i]
-        s1, i1 = target["span1_text"], int(target["span1_index"])
-        s2, i2 = target["span2_text"], int(target["span2_index"])
-    except (KeyError, TypeError) as exc:
-        raise ctx.error(i, f"malformed CLUEWSC2020 record ({exc!r})") from None
-    j1, j2 = _locate_span(text, s1, i1), _locate_span(text, s2, i2)
-    if j1 is None or j2 is None:
-        bad = (s1, i1) if j1 is None else (s2, i2)
-        raise ctx.error(i, f"span {bad[0]!r} (index {bad[1]}) not found in text {text!r}")
-    return mark_wsc_spans(text, s1, j1, s2, j2)
+  # CLUE v1 cluewsc2020_public: {"target": {"span2_index", "span1_index",
+  # "span1_text", "span2_text"}, "idx", "label", "text"}; test has "id".
+  # The baseline asserts that text[span_index:...] == span_text; we are a bit
+  # more lenient and fall back to the nearest occurrence of the span text
+  # (raising only if the span text does not occur at all).
+  try:
+    text = cols["text"][i]
+    target = cols["target"][i]
+    s1, i1 = target["span1_text"], int(target["span1_index"])
+    s2, i2 = target["span2_text"], int(target["span2_index"])
+  except (KeyError, TypeError) as exc:
+    raise ctx.error(i, f"malformed CLUEWSC2020 record ({exc!r})") from None
+  j1, j2 = _locate_span(text, s1, i1), _locate_span(text, s2, i2)
+  if j1 is None or j2 is None:
+    bad = (s1, i1) if j1 is None else (s2, i2)
+    raise ctx.error(i, f"span {bad[0]!r} (index {bad[1]}) not found in text {text!r}")
+  return mark_wsc_spans(text, s1, j1, s2, j2)
 
 
 def _csl_keywords(cols: Mapping[str, list], i: int, ctx: _Ctx) -> str:
-    # CLUE baseline CslProcessor: text_a = " ".join(keyword), text_b = abst.
-    kw = cols["keyword"][i] if "keyword" in cols else None
-    if kw is None:
-        raise ctx.error(i, "missing 'keyword' list")
-    if isinstance(kw, str):
-        return kw
-    return " ".join(str(k) for k in kw)
+  # CLUE baseline CslProcessor: text_a = " ".join(keyword), text_b = abst.
+  kw = cols["keyword"][i] if "keyword" in cols else None
+  if kw is None:
+    raise ctx.error(i, "missing 'keyword' list")
+  if isinstance(kw, str):
+    return kw
+  return " ".join(str(k) for k in kw)
 
 
 # --------------------------------------------------------------------------
@@ -478,239 +475,241 @@ _IFLYTEK_LABELS = tuple(str(k) for k in range(119))
 
 
 def _clue_sub(name: str) -> dict[str, str]:
-    return {"test": f"{name.lower()}_predict.json"}
+  return {"test": f"{name.lower()}_predict.json"}
 
 
 def _make_tasks() -> dict[str, TaskSpec]:
-    specs = [
-        # ---------------- CLUE v1 (JSON lines) ----------------
-        TaskSpec(
-            name="AFQMC",
-            benchmark="clue",
-            labels=_BIN,
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files=dict(_CLUE_FILES),
-            reader=_json_reader(text_a="sentence1", text_b="sentence2"),
-            dir_names=("AFQMC", "afqmc_public", "afqmc"),
-            submission_files=_clue_sub("AFQMC"),
-            notes='train/dev: {"sentence1","sentence2","label":"0"|"1"}; test: {"id","sentence1","sentence2"}',
-        ),
-        TaskSpec(
-            name="TNEWS",
-            benchmark="clue",
-            labels=_TNEWS_LABELS,
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files={**_CLUE_FILES, "labels": "labels.json"},
-            reader=_json_reader(text_a="sentence"),
-            dir_names=("TNEWS", "tnews_public", "tnews"),
-            submission_files=_clue_sub("TNEWS"),
-            notes='train/dev: {"label":"102","label_desc","sentence","keywords"}; test: {"id","sentence","keywords"}; '
-            "text_a = sentence only (as the CLUE baseline; keywords unused)",
-        ),
-        TaskSpec(
-            name="IFLYTEK",
-            benchmark="clue",
-            labels=_IFLYTEK_LABELS,
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files={**_CLUE_FILES, "labels": "labels.json"},
-            reader=_json_reader(text_a="sentence"),
-            dir_names=("IFLYTEK", "iflytek_public", "iflytek"),
-            submission_files=_clue_sub("IFLYTEK"),
-            notes='train/dev: {"label":"0".."118","label_des","sentence"}; test: {"id","sentence"}',
-        ),
-        TaskSpec(
-            name="CMNLI",
-            benchmark="clue",
-            labels=_NLI3,
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files=dict(_CLUE_FILES),
-            reader=_json_reader(text_a="sentence1", text_b="sentence2"),
-            dir_names=("CMNLI", "cmnli_public", "cmnli"),
-            drop_labels=frozenset({"-"}),
-            submission_files=_clue_sub("CMNLI"),
-            notes='train/dev: {"sentence1","sentence2","label"} (no id -> row index; "-" rows dropped); '
-            'test: {"id","sentence1","sentence2"}',
-        ),
-        TaskSpec(
-            name="OCNLI",
-            benchmark="clue",
-            labels=_NLI3,
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files=dict(_CLUE_FILES),
-            reader=_json_reader(text_a="sentence1", text_b="sentence2"),
-            dir_names=("OCNLI", "ocnli_public", "ocnli"),
-            drop_labels=frozenset({"-"}),
-            submission_files=_clue_sub("OCNLI"),
-            notes='train/dev: {"level","sentence1","sentence2","label","label0".."label4","genre","prem_id","id"}; '
-            '"label" is the majority label ("-" when none -> dropped); test: {"id","sentence1","sentence2"}',
-        ),
-        TaskSpec(
-            name="CLUEWSC2020",
-            benchmark="clue",
-            labels=("true", "false"),  # CLUE baseline WSCProcessor order
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files=dict(_CLUE_FILES),
-            reader=_json_reader(text_a=_wsc_text, id_cols=("id", "idx")),
-            dir_names=("CLUEWSC2020", "cluewsc2020_public", "cluewsc2020", "WSC"),
-            submission_files=_clue_sub("CLUEWSC2020"),
-            notes="text_a = text with _span1_ and [span2] marked (see mark_wsc_spans); text_b = None; "
-            'train/dev id = "idx", test id = "id"',
-        ),
-        TaskSpec(
-            name="CSL",
-            benchmark="clue",
-            labels=_BIN,
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files=dict(_CLUE_FILES),
-            reader=_json_reader(text_a=_csl_keywords, text_b="abst"),
-            dir_names=("CSL", "csl_public", "csl"),
-            submission_files=_clue_sub("CSL"),
-            notes='{"id","abst","keyword":[...],"label":"0"|"1"}; text_a = " ".join(keyword) (CLUE baseline), '
-            "text_b = abst",
-        ),
-        # ---------------- GLUE (TSV) ----------------
-        TaskSpec(
-            name="SST-2",
-            benchmark="glue",
-            labels=_BIN,
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files=dict(_GLUE_FILES),
-            reader=_tsv_reader(text_a="sentence"),
-            dir_names=("SST-2", "SST2", "sst2"),
-            submission_files={"test": "SST-2.tsv"},
-            notes="train/dev: sentence\\tlabel (no id -> row index); test: index\\tsentence",
-        ),
-        TaskSpec(
-            name="MRPC",
-            benchmark="glue",
-            labels=_BIN,
-            is_regression=False,
-            metrics=("f1", "accuracy"),
-            main_metric="f1",
-            files=dict(_GLUE_FILES),
-            reader=_tsv_reader(text_a="#1 String", text_b="#2 String", label_col="Quality"),
-            dir_names=("MRPC", "mrpc"),
-            submission_files={"test": "MRPC.tsv"},
-            notes="train/dev: Quality\\t#1 ID\\t#2 ID\\t#1 String\\t#2 String (BOM tolerated; id = row index); "
-            "test: index\\t#1 ID\\t#2 ID\\t#1 String\\t#2 String",
-        ),
-        TaskSpec(
-            name="QQP",
-            benchmark="glue",
-            labels=_BIN,
-            is_regression=False,
-            metrics=("f1", "accuracy"),
-            main_metric="f1",
-            files=dict(_GLUE_FILES),
-            reader=_tsv_reader(text_a="question1", text_b="question2", label_col="is_duplicate", id_cols=("id",)),
-            dir_names=("QQP", "qqp"),
-            submission_files={"test": "QQP.tsv"},
-            notes="train/dev: id qid1 qid2 question1 question2 is_duplicate; test: id question1 question2",
-        ),
-        TaskSpec(
-            name="STS-B",
-            benchmark="glue",
-            labels=None,
-            is_regression=True,
-            # combined = (pearson + spearman) / 2, as the GLUE leaderboard averages them
-            metrics=("pearson", "spearman", "combined"),
-            main_metric="combined",
-            files=dict(_GLUE_FILES),
-            reader=_tsv_reader(text_a="sentence1", text_b="sentence2", label_col="score"),
-            dir_names=("STS-B", "STSB", "stsb"),
-            submission_files={"test": "STS-B.tsv"},
-            notes="index genre filename year old_index source1 source2 sentence1 sentence2 score (0..5); "
-            "test lacks score",
-        ),
-        TaskSpec(
-            name="CoLA",
-            benchmark="glue",
-            labels=_BIN,
-            is_regression=False,
-            metrics=("mcc",),
-            main_metric="mcc",
-            files=dict(_GLUE_FILES),
-            reader=_tsv_reader(
-                text_a="sentence",
-                headerless_names=("source", "label", "original_label", "sentence"),
-            ),
-            dir_names=("CoLA", "cola"),
-            submission_files={"test": "CoLA.tsv"},
-            notes="train/dev: NO header, source\\tlabel\\toriginal_label\\tsentence (id = row index); "
-            "test: header index\\tsentence",
-        ),
-        TaskSpec(
-            name="RTE",
-            benchmark="glue",
-            labels=("entailment", "not_entailment"),
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files=dict(_GLUE_FILES),
-            reader=_tsv_reader(text_a="sentence1", text_b="sentence2"),
-            dir_names=("RTE", "rte"),
-            submission_files={"test": "RTE.tsv"},
-            notes="index sentence1 sentence2 label; test lacks label",
-        ),
-        TaskSpec(
-            name="MNLI",
-            benchmark="glue",
-            labels=_NLI3,
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files={
-                "train": "train.tsv",
-                "dev_matched": "dev_matched.tsv",
-                "dev_mismatched": "dev_mismatched.tsv",
-                "test_matched": "test_matched.tsv",
-                "test_mismatched": "test_mismatched.tsv",
-            },
-            reader=_tsv_reader(text_a="sentence1", text_b="sentence2", label_col="gold_label"),
-            dir_names=("MNLI", "mnli"),
-            eval_splits=("dev_matched", "dev_mismatched"),
-            submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"},
-            notes="index promptID pairID genre sentence{1,2}_binary_parse sentence{1,2}_parse sentence1 sentence2 "
-            "label1 [label2..label5] gold_label; columns addressed by name; test lacks labels",
-        ),
-        TaskSpec(
-            name="QNLI",
-            benchmark="glue",
-            labels=("entailment", "not_entailment"),
-            is_regression=False,
-            metrics=("accuracy",),
-            main_metric="accuracy",
-            files=dict(_GLUE_FILES),
-            reader=_tsv_reader(text_a="question", text_b="sentence"),
-            dir_names=("QNLI", "qnli"),
-            submission_files={"test": "QNLI.tsv"},
-            notes="index question sentence label; test lacks label",
-        ),
-    ]
-    return {s.name: s for s in specs}
+  specs = [
+    # ---------------- CLUE v1 (JSON lines) ----------------
+    TaskSpec(
+      name="AFQMC",
+      benchmark="clue",
+      labels=_BIN,
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files=dict(_CLUE_FILES),
+      reader=_json_reader(text_a="sentence1", text_b="sentence2"),
+      dir_names=("AFQMC", "afqmc_public", "afqmc"),
+      submission_files=_clue_sub("AFQMC"),
+      notes='train/dev: {"sentence1","sentence2","label":"0"|"1"}; test: {"id","sentence1","sentence2"}',
+    ),
+    TaskSpec(
+      name="TNEWS",
+      benchmark="clue",
+      labels=_TNEWS_LABELS,
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files={**_CLUE_FILES, "labels": "labels.json"},
+      reader=_json_reader(text_a="sentence"),
+      dir_names=("TNEWS", "tnews_public", "tnews"),
+      submission_files=_clue_sub("TNEWS"),
+      notes='train/dev: {"label":"102","label_desc","sentence","keywords"}; test: {"id","sentence","keywords"}; '
+      "text_a = sentence only (as the CLUE baseline; keywords unused)",
+    ),
+    TaskSpec(
+      name="IFLYTEK",
+      benchmark="clue",
+      labels=_IFLYTEK_LABELS,
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files={**_CLUE_FILES, "labels": "labels.json"},
+      reader=_json_reader(text_a="sentence"),
+      dir_names=("IFLYTEK", "iflytek_public", "iflytek"),
+      submission_files=_clue_sub("IFLYTEK"),
+      notes='train/dev: {"label":"0".."118","label_des","sentence"}; test: {"id","sentence"}',
+    ),
+    TaskSpec(
+      name="CMNLI",
+      benchmark="clue",
+      labels=_NLI3,
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files=dict(_CLUE_FILES),
+      reader=_json_reader(text_a="sentence1", text_b="sentence2"),
+      dir_names=("CMNLI", "cmnli_public", "cmnli"),
+      drop_labels=frozenset({"-"}),
+      submission_files=_clue_sub("CMNLI"),
+      notes='train/dev: {"sentence1","sentence2","label"} (no id -> row index; "-" rows dropped); '
+      'test: {"id","sentence1","sentence2"}',
+    ),
+    TaskSpec(
+      name="OCNLI",
+      benchmark="clue",
+      labels=_NLI3,
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files=dict(_CLUE_FILES),
+      reader=_json_reader(text_a="sentence1", text_b="sentence2"),
+      dir_names=("OCNLI", "ocnli_public", "ocnli"),
+      drop_labels=frozenset({"-"}),
+      submission_files=_clue_sub("OCNLI"),
+      notes='train/dev: {"level","sentence1","sentence2","label","label0".."label4","genre","prem_id","id"}; '
+      '"label" is the majority label ("-" when none -> dropped); test: {"id","sentence1","sentence2"}',
+    ),
+    TaskSpec(
+      name="CLUEWSC2020",
+      benchmark="clue",
+      labels=("true", "false"),  # CLUE baseline WSCProcessor order
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files=dict(_CLUE_FILES),
+      reader=_json_reader(text_a=_wsc_text, id_cols=("id", "idx")),
+      dir_names=("CLUEWSC2020", "cluewsc2020_public", "cluewsc2020", "WSC"),
+      submission_files=_clue_sub("CLUEWSC2020"),
+      notes="text_a = text with _span1_ and [span2] marked (see mark_wsc_spans); text_b = None; "
+      'train/dev id = "idx", test id = "id"',
+    ),
+    TaskSpec(
+      name="CSL",
+      benchmark="clue",
+      labels=_BIN,
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files=dict(_CLUE_FILES),
+      reader=_json_reader(text_a=_csl_keywords, text_b="abst"),
+      dir_names=("CSL", "csl_public", "csl"),
+      submission_files=_clue_sub("CSL"),
+      notes='{"id","abst","keyword":[...],"label":"0"|"1"}; text_a = " ".join(keyword) (CLUE baseline), '
+      "text_b = abst",
+    ),
+    # ---------------- GLUE (TSV) ----------------
+    TaskSpec(
+      name="SST-2",
+      benchmark="glue",
+      labels=_BIN,
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files=dict(_GLUE_FILES),
+      reader=_tsv_reader(text_a="sentence"),
+      dir_names=("SST-2", "SST2", "sst2"),
+      submission_files={"test": "SST-2.tsv"},
+      notes="train/dev: sentence\\tlabel (no id -> row index); test: index\\tsentence",
+    ),
+    TaskSpec(
+      name="MRPC",
+      benchmark="glue",
+      labels=_BIN,
+      is_regression=False,
+      metrics=("f1", "accuracy"),
+      main_metric="f1",
+      files=dict(_GLUE_FILES),
+      reader=_tsv_reader(text_a="#1 String", text_b="#2 String", label_col="Quality"),
+      dir_names=("MRPC", "mrpc"),
+      submission_files={"test": "MRPC.tsv"},
+      notes="train/dev: Quality\\t#1 ID\\t#2 ID\\t#1 String\\t#2 String (BOM tolerated; id = row index); "
+      "test: index\\t#1 ID\\t#2 ID\\t#1 String\\t#2 String",
+    ),
+    TaskSpec(
+      name="QQP",
+      benchmark="glue",
+      labels=_BIN,
+      is_regression=False,
+      metrics=("f1", "accuracy"),
+      main_metric="f1",
+      files=dict(_GLUE_FILES),
+      reader=_tsv_reader(
+        text_a="question1", text_b="question2", label_col="is_duplicate", id_cols=("id",)
+      ),
+      dir_names=("QQP", "qqp"),
+      submission_files={"test": "QQP.tsv"},
+      notes="train/dev: id qid1 qid2 question1 question2 is_duplicate; test: id question1 question2",
+    ),
+    TaskSpec(
+      name="STS-B",
+      benchmark="glue",
+      labels=None,
+      is_regression=True,
+      # combined = (pearson + spearman) / 2, as the GLUE leaderboard averages them
+      metrics=("pearson", "spearman", "combined"),
+      main_metric="combined",
+      files=dict(_GLUE_FILES),
+      reader=_tsv_reader(text_a="sentence1", text_b="sentence2", label_col="score"),
+      dir_names=("STS-B", "STSB", "stsb"),
+      submission_files={"test": "STS-B.tsv"},
+      notes="index genre filename year old_index source1 source2 sentence1 sentence2 score (0..5); "
+      "test lacks score",
+    ),
+    TaskSpec(
+      name="CoLA",
+      benchmark="glue",
+      labels=_BIN,
+      is_regression=False,
+      metrics=("mcc",),
+      main_metric="mcc",
+      files=dict(_GLUE_FILES),
+      reader=_tsv_reader(
+        text_a="sentence",
+        headerless_names=("source", "label", "original_label", "sentence"),
+      ),
+      dir_names=("CoLA", "cola"),
+      submission_files={"test": "CoLA.tsv"},
+      notes="train/dev: NO header, source\\tlabel\\toriginal_label\\tsentence (id = row index); "
+      "test: header index\\tsentence",
+    ),
+    TaskSpec(
+      name="RTE",
+      benchmark="glue",
+      labels=("entailment", "not_entailment"),
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files=dict(_GLUE_FILES),
+      reader=_tsv_reader(text_a="sentence1", text_b="sentence2"),
+      dir_names=("RTE", "rte"),
+      submission_files={"test": "RTE.tsv"},
+      notes="index sentence1 sentence2 label; test lacks label",
+    ),
+    TaskSpec(
+      name="MNLI",
+      benchmark="glue",
+      labels=_NLI3,
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files={
+        "train": "train.tsv",
+        "dev_matched": "dev_matched.tsv",
+        "dev_mismatched": "dev_mismatched.tsv",
+        "test_matched": "test_matched.tsv",
+        "test_mismatched": "test_mismatched.tsv",
+      },
+      reader=_tsv_reader(text_a="sentence1", text_b="sentence2", label_col="gold_label"),
+      dir_names=("MNLI", "mnli"),
+      eval_splits=("dev_matched", "dev_mismatched"),
+      submission_files={"test_matched": "MNLI-m.tsv", "test_mismatched": "MNLI-mm.tsv"},
+      notes="index promptID pairID genre sentence{1,2}_binary_parse sentence{1,2}_parse sentence1 sentence2 "
+      "label1 [label2..label5] gold_label; columns addressed by name; test lacks labels",
+    ),
+    TaskSpec(
+      name="QNLI",
+      benchmark="glue",
+      labels=("entailment", "not_entailment"),
+      is_regression=False,
+      metrics=("accuracy",),
+      main_metric="accuracy",
+      files=dict(_GLUE_FILES),
+      reader=_tsv_reader(text_a="question", text_b="sentence"),
+      dir_names=("QNLI", "qnli"),
+      submission_files={"test": "QNLI.tsv"},
+      notes="index question sentence label; test lacks label",
+    ),
+  ]
+  return {s.name: s for s in specs}
 
 
 TASKS: dict[str, TaskSpec] = _make_tasks()
 
 
 def _norm(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
+  return name.lower().replace("-", "").replace("_", "").replace(" ", "")
 
 
 _ALIASES: dict[str, str] = {_norm(k): k for k in TASKS}
@@ -718,13 +717,13 @@ _ALIASES.update({"cluewsc": "CLUEWSC2020", "wsc": "CLUEWSC2020"})
 
 
 def get_task(name: str | TaskSpec) -> TaskSpec:
-    """Look a task up case-insensitively ("sst-2", "SST2", "sts_b", "cola" ...)."""
-    if isinstance(name, TaskSpec):
-        return name
-    key = _ALIASES.get(_norm(str(name)))
-    if key is None:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[key]
+  """Look a task up case-insensitively ("sst-2", "SST2", "sts_b", "cola" ...)."""
+  if isinstance(name, TaskSpec):
+    return name
+  key = _ALIASES.get(_norm(str(name)))
+  if key is None:
+    raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+  return TASKS[key]
 
 
 # --------------------------------------------------------------------------
@@ -733,52 +732,50 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
 
 
 def resolve_path(task: str | TaskSpec, data_dir: str | os.PathLike, split: str) -> Path:
-    """Path of ``split``'s file; ``data_dir`` is the task folder or the benchmark root."""
-    spec = get_task(task)
-    if split not in spec.files:
-        raise ValueError(
-            f"{spec.name} has no split {split!r}; known splits: {', '.join(spec.files)}"
-        )
-    fname = spec.files[split]
-    root = Path(data_dir)
-    candidates = [root / fname] + [root / d / fname for d in spec.dir_names]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        f"{spec.name} ({split}): file not found: {root / fname}"
-        f" (also tried {', '.join(str(c) for c in candidates[1:])})"
-    )
+  """Path of ``split``'s file; ``data_dir`` is the task folder or the benchmark root."""
+  spec = get_task(task)
+  if split not in spec.files:
+    raise ValueError(f"{spec.name} has no split {split!r}; known splits: {', '.join(spec.files)}")
+  fname = spec.files[split]
+  root = Path(data_dir)
+  candidates = [root / fname] + [root / d / fname for d in spec.dir_names]
+  for c in candidates:
+    if c.is_file():
+      return c
+  raise FileNotFoundError(
+    f"{spec.name} ({split}): file not found: {root / fname}"
+    f" (also tried {', '.join(str(c) for c in candidates[1:])})"
+  )
 
 
 def load_split(
-    task: str | TaskSpec,
-    data_dir: str | os.PathLike,
-    split: str,
-    *,
-    cache_dir: str | os.PathLike | None = None,
+  task: str | TaskSpec,
+  data_dir: str | os.PathLike,
+  split: str,
+  *,
+  cache_dir: str | os.PathLike | None = None,
 ) -> list[Example]:
-    """Read one split of ``task`` from the official files under ``data_dir``.
+  """Read one split of ``task`` from the official files under ``data_dir``.
 
-    ``cache_dir`` is passed to ``datasets.load_dataset`` (default: the HF cache).
-    Raises FileNotFoundError (missing file), ValueError (unknown split, bad
-    label, missing column)."""
-    spec = get_task(task)
-    if split == "labels":
-        raise ValueError(f"{spec.name}: 'labels' is a label-list file, not a data split")
-    path = resolve_path(spec, data_dir, split)
-    return spec.reader(spec, path, split, None if cache_dir is None else str(cache_dir))
+  ``cache_dir`` is passed to ``datasets.load_dataset`` (default: the HF cache).
+  Raises FileNotFoundError (missing file), ValueError (unknown split, bad
+  label, missing column)."""
+  spec = get_task(task)
+  if split == "labels":
+    raise ValueError(f"{spec.name}: 'labels' is a label-list file, not a data split")
+  path = resolve_path(spec, data_dir, split)
+  return spec.reader(spec, path, split, None if cache_dir is None else str(cache_dir))
 
 
 def as_columns(examples: Iterable[Example]) -> dict[str, list]:
-    """Columnar view: ``{"id": [...], "text_a": [...], "text_b": [...], "label": [...]}``."""
-    cols: dict[str, list] = {"id": [], "text_a": [], "text_b": [], "label": []}
-    for ex in examples:
-        cols["id"].append(ex.id)
-        cols["text_a"].append(ex.text_a)
-        cols["text_b"].append(ex.text_b)
-        cols["label"].append(ex.label)
-    return cols
+  """Columnar view: ``{"id": [...], "text_a": [...], "text_b": [...], "label": [...]}``."""
+  cols: dict[str, list] = {"id": [], "text_a": [], "text_b": [], "label": []}
+  for ex in examples:
+    cols["id"].append(ex.id)
+    cols["text_a"].append(ex.text_a)
+    cols["text_b"].append(ex.text_b)
+    cols["label"].append(ex.label)
+  return cols
 
 
 # --------------------------------------------------------------------------
@@ -787,29 +784,29 @@ def as_columns(examples: Iterable[Example]) -> dict[str, list]:
 
 # CLUE per-task defaults (seed table): (learning_rate, epochs, max_seq_length)
 _CLUE_HPARAMS: dict[str, tuple[float, int, int]] = {
-    "AFQMC": (2e-5, 3, 128),
-    "TNEWS": (2e-5, 3, 128),
-    "IFLYTEK": (2e-5, 6, 128),
-    "OCNLI": (3e-5, 6, 128),
-    "CMNLI": (3e-5, 3, 128),
-    "CLUEWSC2020": (1e-5, 50, 128),
-    "CSL": (1e-5, 8, 256),
+  "AFQMC": (2e-5, 3, 128),
+  "TNEWS": (2e-5, 3, 128),
+  "IFLYTEK": (2e-5, 6, 128),
+  "OCNLI": (3e-5, 6, 128),
+  "CMNLI": (3e-5, 3, 128),
+  "CLUEWSC2020": (1e-5, 50, 128),
+  "CSL": (1e-5, 8, 256),
 }
 _GLUE_HPARAMS = (2e-5, 3, 128)
 
 
 def default_hparams(task: str | TaskSpec) -> dict[str, float | int]:
-    """Fine-tuning defaults: learning_rate, num_train_epochs, max_seq_length,
-    warmup_proportion (0.1) and weight_decay (0.01).  Returns a fresh dict."""
-    spec = get_task(task)
-    lr, epochs, max_len = _CLUE_HPARAMS.get(spec.name, _GLUE_HPARAMS)
-    return {
-        "learning_rate": lr,
-        "num_train_epochs": epochs,
-        "max_seq_length": max_len,
-        "warmup_proportion": 0.1,
-        "weight_decay": 0.01,
-    }
+  """Fine-tuning defaults: learning_rate, num_train_epochs, max_seq_length,
+  warmup_proportion (0.1) and weight_decay (0.01).  Returns a fresh dict."""
+  spec = get_task(task)
+  lr, epochs, max_len = _CLUE_HPARAMS.get(spec.name, _GLUE_HPARAMS)
+  return {
+    "learning_rate": lr,
+    "num_train_epochs": epochs,
+    "max_seq_length": max_len,
+    "warmup_proportion": 0.1,
+    "weight_decay": 0.01,
+  }
 
 
 # --------------------------------------------------------------------------
@@ -818,103 +815,101 @@ def default_hparams(task: str | TaskSpec) -> dict[str, float | int]:
 
 
 def _pick_submission(spec: TaskSpec, split: str | None) -> str:
-    if split is None:
-        if len(spec.submission_files) != 1:
-            raise ValueError(
-                f"{spec.name}: pass split= one of {', '.join(spec.submission_files)}"
-            )
-        split = next(iter(spec.submission_files))
-    if split not in spec.submission_files:
-        raise ValueError(
-            f"{spec.name}: no submission file for split {split!r}; "
-            f"known: {', '.join(spec.submission_files)}"
-        )
-    return spec.submission_files[split]
+  if split is None:
+    if len(spec.submission_files) != 1:
+      raise ValueError(f"{spec.name}: pass split= one of {', '.join(spec.submission_files)}")
+    split = next(iter(spec.submission_files))
+  if split not in spec.submission_files:
+    raise ValueError(
+      f"{spec.name}: no submission file for split {split!r}; "
+      f"known: {', '.join(spec.submission_files)}"
+    )
+  return spec.submission_files[split]
 
 
 def _check_lengths(spec: TaskSpec, ids: Sequence, preds: Sequence) -> None:
-    if len(ids) != len(preds):
-        raise ValueError(f"{spec.name}: {len(ids)} ids but {len(preds)} predictions")
+  if len(ids) != len(preds):
+    raise ValueError(f"{spec.name}: {len(ids)} ids but {len(preds)} predictions")
 
 
 def _label_string(spec: TaskSpec, index: Any) -> str:
-    assert spec.labels is not None
-    try:
-        k = int(index)
-    except (TypeError, ValueError):
-        raise ValueError(f"{spec.name}: prediction {index!r} is not a label index") from None
-    if k != index or not 0 <= k < len(spec.labels):
-        raise ValueError(
-            f"{spec.name}: prediction {index!r} is not a label index in [0, {len(spec.labels)})"
-        )
-    return spec.labels[k]
+  assert spec.labels is not None
+  try:
+    k = int(index)
+  except (TypeError, ValueError):
+    raise ValueError(f"{spec.name}: prediction {index!r} is not a label index") from None
+  if k != index or not 0 <= k < len(spec.labels):
+    raise ValueError(
+      f"{spec.name}: prediction {index!r} is not a label index in [0, {len(spec.labels)})"
+    )
+  return spec.labels[k]
 
 
 def _plain_id(i: Any) -> Any:
-    # numpy scalars -> Python (json cannot serialise np.int64).
-    return i.item() if hasattr(i, "item") else i
+  # numpy scalars -> Python (json cannot serialise np.int64).
+  return i.item() if hasattr(i, "item") else i
 
 
 def write_clue_predictions(
-    task: str | TaskSpec,
-    ids: Sequence[int | str],
-    predicted_label_indices: Sequence[int],
-    output_dir: str | os.PathLike,
-    filename: str | None = None,
+  task: str | TaskSpec,
+  ids: Sequence[int | str],
+  predicted_label_indices: Sequence[int],
+  output_dir: str | os.PathLike,
+  filename: str | None = None,
 ) -> Path:
-    """Write a CLUE submission file: one ``{"id": ..., "label": "<label>"}`` per line.
+  """Write a CLUE submission file: one ``{"id": ..., "label": "<label>"}`` per line.
 
-    The file is ``<task_lower>_predict.json`` (``afqmc_predict.json``,
-    ``tnews_predict.json``, ``cluewsc2020_predict.json`` ...).  The CLUE 1.1
-    leaderboard zip uses a few renamed files (``tnews11_predict.json``,
-    ``cluewsc11_predict.json``, ``ocnli_50k_predict.json``); pass ``filename``
-    to override.  Returns the written path.
-    """
-    spec = get_task(task)
-    if spec.benchmark != "clue":
-        raise ValueError(f"{spec.name} is not a CLUE task; use write_glue_predictions")
-    _check_lengths(spec, ids, predicted_label_indices)
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / (filename or _pick_submission(spec, "test"))
-    lines = [
-        json.dumps({"id": _plain_id(i), "label": _label_string(spec, p)}, ensure_ascii=False)
-        for i, p in zip(ids, predicted_label_indices)
-    ]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
+  The file is ``<task_lower>_predict.json`` (``afqmc_predict.json``,
+  ``tnews_predict.json``, ``cluewsc2020_predict.json`` ...).  The CLUE 1.1
+  leaderboard zip uses a few renamed files (``tnews11_predict.json``,
+  ``cluewsc11_predict.json``, ``ocnli_50k_predict.json``); pass ``filename``
+  to override.  Returns the written path.
+  """
+  spec = get_task(task)
+  if spec.benchmark != "clue":
+    raise ValueError(f"{spec.name} is not a CLUE task; use write_glue_predictions")
+  _check_lengths(spec, ids, predicted_label_indices)
+  out_dir = Path(output_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / (filename or _pick_submission(spec, "test"))
+  lines = [
+    json.dumps({"id": _plain_id(i), "label": _label_string(spec, p)}, ensure_ascii=False)
+    for i, p in zip(ids, predicted_label_indices)
+  ]
+  path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+  return path
 
 
 def write_glue_predictions(
-    task: str | TaskSpec,
-    ids: Sequence[int | str],
-    predictions: Sequence[int] | Sequence[float],
-    output_dir: str | os.PathLike,
-    split: str | None = None,
-    filename: str | None = None,
+  task: str | TaskSpec,
+  ids: Sequence[int | str],
+  predictions: Sequence[int] | Sequence[float],
+  output_dir: str | os.PathLike,
+  split: str | None = None,
+  filename: str | None = None,
 ) -> Path:
-    """Write a GLUE submission TSV: header ``index\\tprediction`` then one row per id.
+  """Write a GLUE submission TSV: header ``index\\tprediction`` then one row per id.
 
-    Classification: ``predictions`` are label indices, written as the label
-    strings (``entailment``, ``0``/``1`` ...).  STS-B: floats, written with 3
-    decimals (not clipped).  File names follow the GLUE server
-    (``SST-2.tsv``, ``CoLA.tsv``, ``STS-B.tsv``, ``MNLI-m.tsv`` /
-    ``MNLI-mm.tsv``); MNLI needs ``split="test_matched"|"test_mismatched"``.
-    """
-    spec = get_task(task)
-    if spec.benchmark != "glue":
-        raise ValueError(f"{spec.name} is not a GLUE task; use write_clue_predictions")
-    _check_lengths(spec, ids, predictions)
-    name = filename or _pick_submission(spec, split)
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / name
-    rows = ["index\tprediction"]
-    for i, p in zip(ids, predictions):
-        if spec.is_regression:
-            value = f"{float(p):.3f}"
-        else:
-            value = _label_string(spec, p)
-        rows.append(f"{_plain_id(i)}\t{value}")
-    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return path
+  Classification: ``predictions`` are label indices, written as the label
+  strings (``entailment``, ``0``/``1`` ...).  STS-B: floats, written with 3
+  decimals (not clipped).  File names follow the GLUE server
+  (``SST-2.tsv``, ``CoLA.tsv``, ``STS-B.tsv``, ``MNLI-m.tsv`` /
+  ``MNLI-mm.tsv``); MNLI needs ``split="test_matched"|"test_mismatched"``.
+  """
+  spec = get_task(task)
+  if spec.benchmark != "glue":
+    raise ValueError(f"{spec.name} is not a GLUE task; use write_clue_predictions")
+  _check_lengths(spec, ids, predictions)
+  name = filename or _pick_submission(spec, split)
+  out_dir = Path(output_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / name
+  rows = ["index\tprediction"]
+  for i, p in zip(ids, predictions):
+    if spec.is_regression:
+      value = f"{float(p):.3f}"
+    else:
+      value = _label_string(spec, p)
+    rows.append(f"{_plain_id(i)}\t{value}")
+  path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+  return path

@@ -12,49 +12,51 @@ _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 
 def is_static_zero(weight) -> bool:
-    """True only for a Python/NumPy scalar equal to 0 (a traced weight is never 'zero')."""
-    if isinstance(weight, jax.core.Tracer):
-        return False
-    try:
-        return float(weight) == 0.0
-    except (TypeError, ValueError):
-        return False
+  """True only for a Python/NumPy scalar equal to 0 (a traced weight is never 'zero')."""
+  if isinstance(weight, jax.core.Tracer):
+    return False
+  try:
+    return float(weight) == 0.0
+  except (TypeError, ValueError):
+    return False
 
 
 def masked_log_softmax(logits: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-    """float32 log-softmax over the last axis, masked keys excluded.
+  """float32 log-softmax over the last axis, masked keys excluded.
 
-    Masked entries of the result are set to 0 (not -inf) so that downstream
-    products and their gradients stay finite; callers must treat them as
-    "probability exactly 0" via the same mask.
-    """
-    logits = logits.astype(jnp.float32)
-    if key_mask is None:
-        return jax.nn.log_softmax(logits, axis=-1)
-    key_mask = jnp.broadcast_to(key_mask.astype(bool), logits.shape)
-    logp = jax.nn.log_softmax(jnp.where(key_mask, logits, _MASK_VALUE), axis=-1)
-    return jnp.where(key_mask, logp, 0.0)
+  Masked entries of the result are set to 0 (not -inf) so that downstream
+  products and their gradients stay finite; callers must treat them as
+  "probability exactly 0" via the same mask.
+  """
+  logits = logits.astype(jnp.float32)
+  if key_mask is None:
+    return jax.nn.log_softmax(logits, axis=-1)
+  key_mask = jnp.broadcast_to(key_mask.astype(bool), logits.shape)
+  logp = jax.nn.log_softmax(jnp.where(key_mask, logits, _MASK_VALUE), axis=-1)
+  return jnp.where(key_mask, logp, 0.0)
 
 
-def row_kl(teacher_logits: jax.Array, student_logits: jax.Array, key_mask: jax.Array | None) -> jax.Array:
-    """KL(softmax(teacher) || softmax(student)) over the last axis, per row.
+def row_kl(
+  teacher_logits: jax.Array, student_logits: jax.Array, key_mask: jax.Array | None
+) -> jax.Array:
+  """KL(softmax(teacher) || softmax(student)) over the last axis, per row.
 
-    ``sum_j p_t[j] * (log p_t[j] - log p_s[j])`` over unmasked keys j; masked keys
-    have p_t = p_s = 0 and contribute exactly 0. Returns float32 of shape
-    ``logits.shape[:-1]``.
-    """
-    logp_t = masked_log_softmax(teacher_logits, key_mask)
-    logp_s = masked_log_softmax(student_logits, key_mask)
-    p_t = jnp.exp(logp_t)
-    terms = p_t * (logp_t - logp_s)
-    if key_mask is not None:
-        terms = jnp.where(jnp.broadcast_to(key_mask.astype(bool), terms.shape), terms, 0.0)
-    return jnp.sum(terms, axis=-1)
+  ``sum_j p_t[j] * (log p_t[j] - log p_s[j])`` over unmasked keys j; masked keys
+  have p_t = p_s = 0 and contribute exactly 0. Returns float32 of shape
+  ``logits.shape[:-1]``.
+  """
+  logp_t = masked_log_softmax(teacher_logits, key_mask)
+  logp_s = masked_log_softmax(student_logits, key_mask)
+  p_t = jnp.exp(logp_t)
+  terms = p_t * (logp_t - logp_s)
+  if key_mask is not None:
+    terms = jnp.where(jnp.broadcast_to(key_mask.astype(bool), terms.shape), terms, 0.0)
+  return jnp.sum(terms, axis=-1)
 
 
 def masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    """``sum(values * weights) / max(sum(weights), 1)`` in float32 (weights broadcast to values)."""
-    values = values.astype(jnp.float32)
-    weights = jnp.broadcast_to(weights.astype(jnp.float32), values.shape)
-    total = jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
-    return total / jnp.maximum(jnp.sum(weights), 1.0)
+  """``sum(values * weights) / max(sum(weights), 1)`` in float32 (weights broadcast to values)."""
+  values = values.astype(jnp.float32)
+  weights = jnp.broadcast_to(weights.astype(jnp.float32), values.shape)
+  total = jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
+  return total / jnp.maximum(jnp.sum(weights), 1.0)

@@ -14,8 +14,7 @@ the model is a pure function of (params, inputs, rng) once split with ``nnx.spli
 
 from __future__ import annotations
 
-import math
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable
 
 import flax
 import jax
@@ -32,12 +31,12 @@ Array = jax.Array
 class LayerInternals:
   """What one captured layer exposes. Shapes: B batch, L length, N heads."""
 
-  hidden: Array   # [B, L, hidden] output of the layer
-  q: Array        # [B, L, hidden] query projection before the head split
-  k: Array        # [B, L, hidden]
-  v: Array        # [B, L, hidden]
-  scores: Array   # [B, N, L, L] q k^T / sqrt(d_head) + additive mask (float32)
-  probs: Array    # [B, N, L, L] softmax(scores) (float32, before dropout)
+  hidden: Array  # [B, L, hidden] output of the layer
+  q: Array  # [B, L, hidden] query projection before the head split
+  k: Array  # [B, L, hidden]
+  v: Array  # [B, L, hidden]
+  scores: Array  # [B, N, L, L] q k^T / sqrt(d_head) + additive mask (float32)
+  probs: Array  # [B, N, L, L] softmax(scores) (float32, before dropout)
 
 
 @flax.struct.dataclass
@@ -54,8 +53,8 @@ class BertOutput:
   embedding_output: Array
   hidden_states: tuple
   layers: dict
-  pooler_output: Optional[Array] = None
-  logits: Optional[Array] = None
+  pooler_output: Array | None = None
+  logits: Array | None = None
 
   @property
   def attentions(self) -> tuple:
@@ -79,7 +78,7 @@ def _activation(name: str):
   raise ValueError(f"unsupported activation {name!r}")
 
 
-def dropout(x: Array, rate: float, rng: Optional[Array], deterministic: bool) -> Array:
+def dropout(x: Array, rate: float, rng: Array | None, deterministic: bool) -> Array:
   """Inverted dropout with an explicit key; identity when deterministic or rate 0."""
   if deterministic or rate == 0.0:
     return x
@@ -89,23 +88,29 @@ def dropout(x: Array, rate: float, rng: Optional[Array], deterministic: bool) ->
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def _fold(rng: Optional[Array], i: int) -> Optional[Array]:
+def _fold(rng: Array | None, i: int) -> Array | None:
   return None if rng is None else jax.random.fold_in(rng, i)
 
 
 def _linear(cfg: BertConfig, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(
-      n_in, n_out, dtype=_compute_dtype(cfg), param_dtype=jnp.float32,
-      kernel_init=jax.nn.initializers.normal(cfg.initializer_range),
-      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+    n_in,
+    n_out,
+    dtype=_compute_dtype(cfg),
+    param_dtype=jnp.float32,
+    kernel_init=jax.nn.initializers.normal(cfg.initializer_range),
+    bias_init=jax.nn.initializers.zeros,
+    rngs=rngs,
+  )
 
 
 class LayerNorm(nnx.Module):
   """LayerNorm computed in float32 (output cast back to the compute dtype)."""
 
   def __init__(self, n: int, eps: float, out_dtype, *, rngs: nnx.Rngs):
-    self.norm = nnx.LayerNorm(n, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32,
-                              use_fast_variance=False, rngs=rngs)
+    self.norm = nnx.LayerNorm(
+      n, epsilon=eps, dtype=jnp.float32, param_dtype=jnp.float32, use_fast_variance=False, rngs=rngs
+    )
     self.out_dtype = out_dtype
 
   def __call__(self, x: Array) -> Array:
@@ -114,7 +119,6 @@ class LayerNorm(nnx.Module):
 
 # --------------------------------------------------------------------------- modules
 class Embeddings(nnx.Module):
-
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     init = jax.nn.initializers.normal(cfg.initializer_range)
     dt = _compute_dtype(cfg)
@@ -122,12 +126,15 @@ class Embeddings(nnx.Module):
     # makes the embedding gradient a bfloat16 scatter-add, which XLA:GPU runs with
     # compare-and-swap loops (a 20x slower backward pass on H100).
     f32 = jnp.float32
-    self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=f32,
-                                     embedding_init=init, rngs=rngs)
-    self.position_embeddings = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size,
-                                         dtype=f32, embedding_init=init, rngs=rngs)
-    self.token_type_embeddings = nnx.Embed(max(cfg.type_vocab_size, 1), cfg.hidden_size,
-                                           dtype=f32, embedding_init=init, rngs=rngs)
+    self.word_embeddings = nnx.Embed(
+      cfg.vocab_size, cfg.hidden_size, dtype=f32, embedding_init=init, rngs=rngs
+    )
+    self.position_embeddings = nnx.Embed(
+      cfg.max_position_embeddings, cfg.hidden_size, dtype=f32, embedding_init=init, rngs=rngs
+    )
+    self.token_type_embeddings = nnx.Embed(
+      max(cfg.type_vocab_size, 1), cfg.hidden_size, dtype=f32, embedding_init=init, rngs=rngs
+    )
     self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dt, rngs=rngs)
     self.cfg = cfg
 
@@ -143,10 +150,14 @@ class Embeddings(nnx.Module):
       position_ids = self.position_ids(input_ids)
     if input_ids.shape[1] + self.cfg.position_offset > self.cfg.max_position_embeddings:
       raise ValueError(
-          f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
-          f"{self.cfg.max_position_embeddings}")
-    x = (self.word_embeddings(input_ids) + self.position_embeddings(position_ids)
-         + self.token_type_embeddings(token_type_ids))
+        f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+        f"{self.cfg.max_position_embeddings}"
+      )
+    x = (
+      self.word_embeddings(input_ids)
+      + self.position_embeddings(position_ids)
+      + self.token_type_embeddings(token_type_ids)
+    )
     x = self.layer_norm(x)
     return dropout(x, self.cfg.hidden_dropout_prob, rng, deterministic)
 
@@ -172,8 +183,9 @@ class TransformerLayer(nnx.Module):
     n, d = cfg.num_attention_heads, cfg.head_dim
     q, k, v = self.query(x_BxLxH), self.key(x_BxLxH), self.value(x_BxLxH)
     split = lambda t: t.reshape(b, l, n, d)
-    scores = jnp.einsum("bqnd,bknd->bnqk", split(q), split(k),
-                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    scores = jnp.einsum(
+      "bqnd,bknd->bnqk", split(q), split(k), preferred_element_type=jnp.float32
+    ) * (d**-0.5)
     scores_BxNxLxL = scores.astype(jnp.float32) + mask_bias_Bx1x1xL
     probs = jax.nn.softmax(scores_BxNxLxL, axis=-1)
     p = dropout(probs, cfg.attention_probs_dropout_prob, _fold(rng, 0), deterministic)
@@ -186,7 +198,7 @@ class TransformerLayer(nnx.Module):
     return LayerInternals(hidden=out, q=q, k=k, v=v, scores=scores_BxNxLxL, probs=probs)
 
 
-LayerSpec = Union[None, str, int, Iterable[int]]
+LayerSpec = None | str | int | Iterable[int]
 
 
 def _resolve_layers(spec: LayerSpec, n_layers: int, what: str) -> tuple[int, ...]:
@@ -199,27 +211,41 @@ def _resolve_layers(spec: LayerSpec, n_layers: int, what: str) -> tuple[int, ...
   idx = (spec,) if isinstance(spec, int) else tuple(spec)
   for i in idx:
     if not -n_layers <= i < n_layers:
-      raise ValueError(f"{what}: layer index {i} out of range for a model with "
-                       f"{n_layers} layers (valid: 0..{n_layers - 1}, or negative from the end)")
+      raise ValueError(
+        f"{what}: layer index {i} out of range for a model with "
+        f"{n_layers} layers (valid: 0..{n_layers - 1}, or negative from the end)"
+      )
   return tuple(sorted({i % n_layers for i in idx}))
 
 
 class BertModel(nnx.Module):
   """Embeddings + encoder layers (+ pooler). HF ``BertModel`` / ``RobertaModel``."""
 
-  def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True,
-               rngs: nnx.Rngs | None = None):
+  def __init__(
+    self, config: BertConfig, *, add_pooling_layer: bool = True, rngs: nnx.Rngs | None = None
+  ):
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     self.config = config
     self.embeddings = Embeddings(config, rngs=rngs)
-    self.layer = nnx.List([TransformerLayer(config, rngs=rngs)
-                           for _ in range(config.num_hidden_layers)])
-    self.pooler = _linear(config, config.hidden_size, config.hidden_size, rngs) \
-        if add_pooling_layer else None
+    self.layer = nnx.List(
+      [TransformerLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)]
+    )
+    self.pooler = (
+      _linear(config, config.hidden_size, config.hidden_size, rngs) if add_pooling_layer else None
+    )
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               *, capture_layers: LayerSpec = None, stop_at_layer: Optional[int] = None,
-               deterministic: bool = True, dropout_rng: Optional[Array] = None) -> BertOutput:
+  def __call__(
+    self,
+    input_ids,
+    attention_mask=None,
+    token_type_ids=None,
+    position_ids=None,
+    *,
+    capture_layers: LayerSpec = None,
+    stop_at_layer: int | None = None,
+    deterministic: bool = True,
+    dropout_rng: Array | None = None,
+  ) -> BertOutput:
     """Runs the encoder.
 
     Args:
@@ -246,11 +272,13 @@ class BertModel(nnx.Module):
       attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     if token_type_ids is None:
       token_type_ids = jnp.zeros(input_ids.shape, jnp.int32)
-    mask_bias = jnp.where(jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0,
-                          jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    mask_bias = jnp.where(
+      jnp.asarray(attention_mask)[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min
+    ).astype(jnp.float32)
 
-    x = self.embeddings(input_ids, token_type_ids, position_ids, _fold(dropout_rng, 0),
-                        deterministic)
+    x = self.embeddings(
+      input_ids, token_type_ids, position_ids, _fold(dropout_rng, 0), deterministic
+    )
     hidden_states, layers = [x], {}
     for i in range(last + 1):
       internals = self.layer[i](x, mask_bias, _fold(dropout_rng, i + 1), deterministic)
@@ -261,9 +289,13 @@ class BertModel(nnx.Module):
     pooled = None
     if self.pooler is not None and last == n_layers - 1:
       pooled = jnp.tanh(self.pooler(x[:, 0]))
-    return BertOutput(last_hidden_state=x, embedding_output=hidden_states[0],
-                      hidden_states=tuple(hidden_states), layers=layers,
-                      pooler_output=pooled)
+    return BertOutput(
+      last_hidden_state=x,
+      embedding_output=hidden_states[0],
+      hidden_states=tuple(hidden_states),
+      layers=layers,
+      pooler_output=pooled,
+    )
 
 
 class ClassificationHead(nnx.Module):
@@ -295,15 +327,15 @@ class MLMHead(nnx.Module):
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
-    self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, _compute_dtype(cfg),
-                                rngs=rngs)
+    self.layer_norm = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, _compute_dtype(cfg), rngs=rngs)
     self.bias = nnx.Param(jnp.zeros((cfg.vocab_size,), jnp.float32))
 
   def __call__(self, x, word_embeddings_VxH) -> Array:
     act = "gelu" if self.cfg.model_type == "roberta" else self.cfg.hidden_act
     x = self.layer_norm(_activation(act)(self.dense(x)))
-    logits = jnp.einsum("blh,vh->blv", x, word_embeddings_VxH.astype(x.dtype),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      "blh,vh->blv", x, word_embeddings_VxH.astype(x.dtype), preferred_element_type=jnp.float32
+    )
     return logits + self.bias[...]
 
 
@@ -323,10 +355,10 @@ class BertForSequenceClassification(nnx.Module):
     self.bert = BertModel(config, add_pooling_layer=config.model_type == "bert", rngs=rngs)
     self.classifier = ClassificationHead(config, rngs=rngs)
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               **kw) -> BertOutput:
-    out, ran_all = _head_forward(self, input_ids, attention_mask, token_type_ids,
-                                 position_ids, kw)
+  def __call__(
+    self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kw
+  ) -> BertOutput:
+    out, ran_all = _head_forward(self, input_ids, attention_mask, token_type_ids, position_ids, kw)
     if not ran_all:
       return out
     rng = _fold(kw.get("dropout_rng"), 10_000)
@@ -342,10 +374,10 @@ class BertForMaskedLM(nnx.Module):
     self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
     self.mlm = MLMHead(config, rngs=rngs)
 
-  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-               **kw) -> BertOutput:
-    out, ran_all = _head_forward(self, input_ids, attention_mask, token_type_ids,
-                                 position_ids, kw)
+  def __call__(
+    self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kw
+  ) -> BertOutput:
+    out, ran_all = _head_forward(self, input_ids, attention_mask, token_type_ids, position_ids, kw)
     if not ran_all:
       return out
     word = self.bert.embeddings.word_embeddings.embedding[...]
@@ -353,14 +385,15 @@ class BertForMaskedLM(nnx.Module):
 
 
 HEADS = {
-    "none": BertModel,
-    "classification": BertForSequenceClassification,
-    "mlm": BertForMaskedLM,
+  "none": BertModel,
+  "classification": BertForSequenceClassification,
+  "mlm": BertForMaskedLM,
 }
 
 
-def create_model(config: BertConfig, head: str = "none", seed: int = 0,
-                 add_pooling_layer: bool = True) -> nnx.Module:
+def create_model(
+  config: BertConfig, head: str = "none", seed: int = 0, add_pooling_layer: bool = True
+) -> nnx.Module:
   """A randomly initialised model (HF initialisation: N(0, initializer_range))."""
   if head not in HEADS:
     raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
@@ -390,12 +423,14 @@ def layer_flops_per_token(cfg: BertConfig, seq_len: int) -> float:
 # Logical axes of each parameter kind (T5X-style vocabulary: batch, length, embed,
 # heads, mlp, vocab); kdjax/trainer/sharding.py maps them to mesh axes from the config.
 _KERNEL_AXES = {
-    "query": ("embed", "heads"), "key": ("embed", "heads"), "value": ("embed", "heads"),
-    "attention_output": ("heads", "embed"),
-    "intermediate": ("embed", "mlp"), "output": ("mlp", "embed"),
+  "query": ("embed", "heads"),
+  "key": ("embed", "heads"),
+  "value": ("embed", "heads"),
+  "attention_output": ("heads", "embed"),
+  "intermediate": ("embed", "mlp"),
+  "output": ("mlp", "embed"),
 }
-_BIAS_AXES = {"query": ("heads",), "key": ("heads",), "value": ("heads",),
-              "intermediate": ("mlp",)}
+_BIAS_AXES = {"query": ("heads",), "key": ("heads",), "value": ("heads",), "intermediate": ("mlp",)}
 
 
 def param_logical_axes(params: dict) -> dict:

@@ -46,15 +46,18 @@ class BertConfig:
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
       raise ValueError(
-          f"unsupported model_type {self.model_type!r}; kdjax supports "
-          f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+        f"unsupported model_type {self.model_type!r}; kdjax supports "
+        f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+      )
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(
-          f"hidden_size {self.hidden_size} is not divisible by "
-          f"num_attention_heads {self.num_attention_heads}")
+        f"hidden_size {self.hidden_size} is not divisible by "
+        f"num_attention_heads {self.num_attention_heads}"
+      )
     if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-      raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; "
-                       f"supported: {', '.join(SUPPORTED_ACTIVATIONS)}")
+      raise ValueError(
+        f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
+      )
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
@@ -67,20 +70,23 @@ class BertConfig:
     """RoBERTa numbers positions from ``pad_token_id + 1``; BERT from 0."""
     return self.pad_token_id + 1 if self.model_type == "roberta" else 0
 
-  def replace(self, **kw) -> "BertConfig":
+  def replace(self, **kw) -> BertConfig:
     return dataclasses.replace(self, **kw)
 
   # ---- Hugging Face config.json -------------------------------------------
   @classmethod
-  def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> "BertConfig":
+  def from_hf_dict(cls, d: dict[str, Any], source: str = "config.json") -> BertConfig:
     model_type = d.get("model_type", "bert")
     if model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(f"{source}: unsupported model_type {model_type!r}; kdjax "
-                       f"supports {', '.join(SUPPORTED_MODEL_TYPES)}")
+      raise ValueError(
+        f"{source}: unsupported model_type {model_type!r}; kdjax "
+        f"supports {', '.join(SUPPORTED_MODEL_TYPES)}"
+      )
     pet = d.get("position_embedding_type", "absolute")
     if pet not in (None, "absolute"):
-      raise ValueError(f"{source}: position_embedding_type {pet!r} is not supported "
-                       "(only 'absolute')")
+      raise ValueError(
+        f"{source}: position_embedding_type {pet!r} is not supported (only 'absolute')"
+      )
     names = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in d.items() if k in names and k not in ("id2label", "dtype")}
     for required in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
@@ -116,7 +122,7 @@ class BertConfig:
     return d
 
   @classmethod
-  def from_json_file(cls, path: str) -> "BertConfig":
+  def from_json_file(cls, path: str) -> BertConfig:
     try:
       with open(path, encoding="utf-8") as f:
         d = json.load(f)

@@ -14,27 +14,26 @@ import json
 import logging
 import os
 import re
-from typing import Optional
 
 import numpy as np
 from flax import nnx
 
 from kdjax.models import params as P
-from kdjax.models.bert import create_model, head_of, encoder_of
+from kdjax.models.bert import create_model, encoder_of, head_of
 from kdjax.models.config import BertConfig
 
 log = logging.getLogger(__name__)
 
 # kdjax sub-path -> HF sub-name inside one encoder layer.
 _LAYER_NAMES = {
-    "query": "attention.self.query",
-    "key": "attention.self.key",
-    "value": "attention.self.value",
-    "attention_output": "attention.output.dense",
-    "attention_layer_norm": "attention.output.LayerNorm",
-    "intermediate": "intermediate.dense",
-    "output": "output.dense",
-    "output_layer_norm": "output.LayerNorm",
+  "query": "attention.self.query",
+  "key": "attention.self.key",
+  "value": "attention.self.value",
+  "attention_output": "attention.output.dense",
+  "attention_layer_norm": "attention.output.LayerNorm",
+  "intermediate": "intermediate.dense",
+  "output": "output.dense",
+  "output_layer_norm": "output.LayerNorm",
 }
 _LEAF_NAMES = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
 
@@ -76,8 +75,7 @@ def _head_name(path, roberta):
     base = "lm_head" if roberta else "cls.predictions"
     if len(body) == 1:  # the output bias
       return f"{base}.bias", False
-    sub = {"dense": "dense",
-           "layer_norm": "layer_norm" if roberta else "LayerNorm"}[body[1]]
+    sub = {"dense": "dense", "layer_norm": "layer_norm" if roberta else "LayerNorm"}[body[1]]
     name = f"{base}.{sub}" if roberta else f"{base}.transform.{sub}"
   else:
     raise KeyError(f"no Hugging Face name for kdjax parameter {'/'.join(path)}")
@@ -86,8 +84,10 @@ def _head_name(path, roberta):
 
 def _architecture(cfg: BertConfig, head: str) -> str:
   base = "Roberta" if cfg.model_type == "roberta" else "Bert"
-  return base + {"none": "Model", "classification": "ForSequenceClassification",
-                 "mlm": "ForMaskedLM"}[head]
+  return (
+    base
+    + {"none": "Model", "classification": "ForSequenceClassification", "mlm": "ForMaskedLM"}[head]
+  )
 
 
 # ----------------------------------------------------------------------------- reading
@@ -96,6 +96,7 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
   idx = os.path.join(path, "model.safetensors.index.json")
   pt = os.path.join(path, "pytorch_model.bin")
   from safetensors.numpy import load_file
+
   if os.path.exists(st):
     return dict(load_file(st)), st
   if os.path.exists(idx):
@@ -109,13 +110,15 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
     try:
       import torch  # only for legacy .bin checkpoints
     except ImportError:
-      raise ImportError(f"{pt} is a PyTorch pickle; install torch to read it, or convert "
-                        "the directory to model.safetensors") from None
+      raise ImportError(
+        f"{pt} is a PyTorch pickle; install torch to read it, or convert "
+        "the directory to model.safetensors"
+      ) from None
     sd = torch.load(pt, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
-            for k, v in sd.items()}, pt
-  raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or "
-                          "pytorch_model.bin")
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}, pt
+  raise FileNotFoundError(
+    f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
+  )
 
 
 def _normalise(name: str) -> str:
@@ -134,8 +137,10 @@ def _infer_head(hf_config: dict, tensors: dict) -> str:
 
 def load_config(path: str, **overrides) -> tuple[BertConfig, dict]:
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path} is not a directory (kdjax reads local Hugging Face "
-                            "directories only; nothing is downloaded)")
+    raise FileNotFoundError(
+      f"{path} is not a directory (kdjax reads local Hugging Face "
+      "directories only; nothing is downloaded)"
+    )
   cfg_path = os.path.join(path, "config.json")
   if not os.path.exists(cfg_path):
     raise FileNotFoundError(f"{path}: missing config.json")
@@ -150,8 +155,14 @@ def load_config(path: str, **overrides) -> tuple[BertConfig, dict]:
   return cfg, raw
 
 
-def from_pretrained(path: str, head: str = "auto", *, num_labels: Optional[int] = None,
-                    dtype: Optional[str] = None, seed: int = 0) -> nnx.Module:
+def from_pretrained(
+  path: str,
+  head: str = "auto",
+  *,
+  num_labels: int | None = None,
+  dtype: str | None = None,
+  seed: int = 0,
+) -> nnx.Module:
   """Loads a local HF directory into a kdjax model.
 
   Args:
@@ -169,8 +180,7 @@ def from_pretrained(path: str, head: str = "auto", *, num_labels: Optional[int] 
     head = _infer_head(raw, tensors)
   resize_head = num_labels is not None and num_labels != cfg.num_labels
   if num_labels is not None:
-    cfg = cfg.replace(num_labels=num_labels,
-                      id2label=cfg.id2label if not resize_head else None)
+    cfg = cfg.replace(num_labels=num_labels, id2label=cfg.id2label if not resize_head else None)
   has_pooler = any(k.endswith("pooler.dense.weight") for k in tensors)
   model = create_model(cfg, head, seed=seed, add_pooling_layer=has_pooler)
   skeleton, params = P.split(model)
@@ -180,26 +190,30 @@ def from_pretrained(path: str, head: str = "auto", *, num_labels: Optional[int] 
     name, transpose = _hf_name(kpath, cfg, head)
     candidates = [name]
     for pre in ("bert.", "roberta."):  # accept checkpoints with or without the prefix
-      candidates.append(name[len(pre):] if name.startswith(pre) else pre + name)
+      candidates.append(name[len(pre) :] if name.startswith(pre) else pre + name)
     found = next((c for c in candidates if c in tensors), None)
     is_head = head != "none" and kpath[0] != "bert"
     if found is None or (is_head and resize_head):
       if is_head:
         fresh.append(name)
         continue
-      raise KeyError(f"{source}: missing tensor {name!r} (needed for kdjax parameter "
-                     f"{'/'.join(kpath)})")
+      raise KeyError(
+        f"{source}: missing tensor {name!r} (needed for kdjax parameter {'/'.join(kpath)})"
+      )
     value = np.asarray(tensors[found], dtype=np.float32)
     if transpose:
       value = value.T
     if value.shape != tuple(init_value.shape):
-      raise ValueError(f"{source}: tensor {found!r} has shape {tuple(tensors[found].shape)}, "
-                       f"config.json implies {tuple(init_value.shape[::-1] if transpose else init_value.shape)}")
+      raise ValueError(
+        f"{source}: tensor {found!r} has shape {tuple(tensors[found].shape)}, "
+        f"config.json implies {tuple(init_value.shape[::-1] if transpose else init_value.shape)}"
+      )
     flat[kpath] = value
     used.add(found)
   if fresh:
-    log.warning("%s: newly initialised head parameters (not in the checkpoint): %s",
-                path, ", ".join(fresh))
+    log.warning(
+      "%s: newly initialised head parameters (not in the checkpoint): %s", path, ", ".join(fresh)
+    )
   unused = sorted(k for k in tensors if k not in used and not _ignorable(k))
   if unused:
     log.info("%s: tensors not used by a %s model: %s", path, head, ", ".join(unused[:20]))
@@ -212,7 +226,7 @@ def _ignorable(name: str) -> bool:
   return name.endswith("position_ids") or "decoder" in name
 
 
-def _tokenizer_dir(path: str) -> Optional[str]:
+def _tokenizer_dir(path: str) -> str | None:
   for f in ("vocab.txt", "tokenizer.json"):
     if os.path.exists(os.path.join(path, f)):
       return os.path.abspath(path)
@@ -240,6 +254,7 @@ def save_pretrained(model: nnx.Module, path: str, tokenizer=None) -> None:
   model was loaded from is copied.
   """
   from safetensors.numpy import save_file
+
   head = head_of(model)
   cfg = encoder_of(model).config if head == "none" else model.config
   os.makedirs(path, exist_ok=True)
@@ -254,5 +269,6 @@ def save_pretrained(model: nnx.Module, path: str, tokenizer=None) -> None:
     return
   if isinstance(tok, str):
     from kdjax.data.tokenizer import Tokenizer
+
     tok = Tokenizer.from_dir(tok)
   tok.save(path)

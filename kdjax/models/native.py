@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Optional
 
 import numpy as np
 from flax import nnx
@@ -28,8 +27,12 @@ FORMAT = "kdjax-model-1"
 def describe(model: nnx.Module) -> dict:
   head = head_of(model)
   cfg = model.config
-  return {"format": FORMAT, "head": head, "config": cfg.to_hf_dict(),
-          "add_pooling_layer": encoder_of(model).pooler is not None}
+  return {
+    "format": FORMAT,
+    "head": head,
+    "config": cfg.to_hf_dict(),
+    "add_pooling_layer": encoder_of(model).pooler is not None,
+  }
 
 
 def write_description(model: nnx.Module, directory: str, tokenizer=None) -> None:
@@ -41,11 +44,12 @@ def write_description(model: nnx.Module, directory: str, tokenizer=None) -> None
   if tok is not None:
     if isinstance(tok, str):
       from kdjax.data.tokenizer import Tokenizer
+
       tok = Tokenizer.from_dir(tok)
     tok.save(directory)
 
 
-def model_from_description(directory: str, dtype: Optional[str] = None) -> nnx.Module:
+def model_from_description(directory: str, dtype: str | None = None) -> nnx.Module:
   path = os.path.join(directory, DESCRIPTION)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{directory}: no {DESCRIPTION} (not a kdjax model directory)")
@@ -56,8 +60,9 @@ def model_from_description(directory: str, dtype: Optional[str] = None) -> nnx.M
   cfg = BertConfig.from_hf_dict(d["config"], source=path)
   if dtype:
     cfg = cfg.replace(dtype=dtype)
-  model = nnx.eval_shape(lambda: create_model(cfg, d["head"],
-                                              add_pooling_layer=d["add_pooling_layer"]))
+  model = nnx.eval_shape(
+    lambda: create_model(cfg, d["head"], add_pooling_layer=d["add_pooling_layer"])
+  )
   if any(os.path.exists(os.path.join(directory, f)) for f in ("vocab.txt", "tokenizer.json")):
     model.tokenizer_dir = os.path.abspath(directory)
   return model
@@ -66,6 +71,7 @@ def model_from_description(directory: str, dtype: Optional[str] = None) -> nnx.M
 def save(model: nnx.Module, directory: str, tokenizer=None) -> None:
   """Saves a model as a kdjax model directory (orbax parameters)."""
   import orbax.checkpoint as ocp
+
   write_description(model, directory, tokenizer)
   params = P.params_of(model)
   with ocp.StandardCheckpointer() as ckptr:
@@ -74,6 +80,7 @@ def save(model: nnx.Module, directory: str, tokenizer=None) -> None:
 
 def _restore_tree(path: str) -> dict:
   import orbax.checkpoint as ocp
+
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(os.path.abspath(path))
 
@@ -85,31 +92,35 @@ def latest_step(checkpoint_dir: str) -> int:
   return steps[-1]
 
 
-def best_step(workdir: str) -> Optional[int]:
+def best_step(workdir: str) -> int | None:
   """Step of the best dev checkpoint kept in ``workdir/best`` (None when there is none)."""
   d = os.path.join(workdir, "best")
   if not os.path.isdir(d):
     return None
-  steps = [int(n) for n in os.listdir(d)
-           if n.isdigit() and os.path.isdir(os.path.join(d, n, "params"))]
+  steps = [
+    int(n) for n in os.listdir(d) if n.isdigit() and os.path.isdir(os.path.join(d, n, "params"))
+  ]
   return max(steps) if steps else None
 
 
 def kind(path: str) -> str:
-  """"kdjax" (model directory), "workdir" (trainer workdir) or "hf" (Hugging Face dir)."""
+  """ "kdjax" (model directory), "workdir" (trainer workdir) or "hf" (Hugging Face dir)."""
   if os.path.exists(os.path.join(path, DESCRIPTION)):
     return "kdjax"
   if os.path.exists(os.path.join(path, "student", DESCRIPTION)):
     return "workdir"
   if os.path.exists(os.path.join(path, "config.json")):
     return "hf"
-  raise FileNotFoundError(f"{path}: not a Hugging Face directory (config.json), a kdjax model "
-                          f"directory ({DESCRIPTION}) or a kdjax trainer workdir "
-                          f"(student/{DESCRIPTION})")
+  raise FileNotFoundError(
+    f"{path}: not a Hugging Face directory (config.json), a kdjax model "
+    f"directory ({DESCRIPTION}) or a kdjax trainer workdir "
+    f"(student/{DESCRIPTION})"
+  )
 
 
-def load(directory: str, step: Optional[int] = None, dtype: Optional[str] = None,
-         checkpoint: str = "latest") -> nnx.Module:
+def load(
+  directory: str, step: int | None = None, dtype: str | None = None, checkpoint: str = "latest"
+) -> nnx.Module:
   """Loads a kdjax model directory or a trainer workdir.
 
   For a workdir: checkpoint ``step`` if given, else with ``checkpoint="best"`` the best dev
@@ -137,8 +148,10 @@ def load(directory: str, step: Optional[int] = None, dtype: Optional[str] = None
     raise KeyError(f"{directory}: checkpoint lacks parameters: {', '.join(missing[:10])}")
   for k, v in flat_t.items():
     if tuple(flat_p[k].shape) != tuple(v.shape):
-      raise ValueError(f"{directory}: parameter {'/'.join(k)} has shape "
-                       f"{tuple(flat_p[k].shape)}, expected {tuple(v.shape)}")
+      raise ValueError(
+        f"{directory}: parameter {'/'.join(k)} has shape "
+        f"{tuple(flat_p[k].shape)}, expected {tuple(v.shape)}"
+      )
   loaded = P.bind(skeleton, P.unflatten({k: np.asarray(flat_p[k]) for k in flat_t}))
   if getattr(model, "tokenizer_dir", None):
     loaded.tokenizer_dir = model.tokenizer_dir

@@ -3,7 +3,7 @@ student initialisation from a teacher's layers)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from flax import nnx
 
@@ -19,13 +19,13 @@ def keep_layers(model: nnx.Module, layers: Sequence[int]) -> nnx.Module:
   n = cfg.num_hidden_layers
   layers = list(layers)
   if not layers or any(not 0 <= i < n for i in layers):
-    raise ValueError(f"keep_layers {layers}: indices must be in 0..{n - 1} "
-                     f"(the model has {n} layers)")
+    raise ValueError(
+      f"keep_layers {layers}: indices must be in 0..{n - 1} (the model has {n} layers)"
+    )
   new_cfg = cfg.replace(num_hidden_layers=len(layers))
   head = head_of(model)
   pool = encoder_of(model).pooler is not None
-  skeleton, _ = P.split(nnx.eval_shape(lambda: create_model(new_cfg, head,
-                                                            add_pooling_layer=pool)))
+  skeleton, _ = P.split(nnx.eval_shape(lambda: create_model(new_cfg, head, add_pooling_layer=pool)))
   params = P.params_of(model)
   enc = params if head == "none" else params["bert"]
   new_enc = dict(enc, layer={str(j): enc["layer"][str(i)] for j, i in enumerate(layers)})

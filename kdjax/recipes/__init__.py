@@ -6,10 +6,10 @@ from __future__ import annotations
 import importlib
 
 RECIPES = {
-    "general_distill": "kdjax.recipes.general_distill",  # MiniLMv2, PP-MiniLM
-    "finetune": "kdjax.recipes.finetune",  # CLUE / GLUE / demo fine-tuning
-    "vanilla_kd": "kdjax.recipes.vanilla_kd",  # EasyNLP vanilla KD from saved teacher logits
-    "tinybert": "kdjax.recipes.tinybert",  # TinyBERT task distillation (2 stages)
+  "general_distill": "kdjax.recipes.general_distill",  # MiniLMv2, PP-MiniLM
+  "finetune": "kdjax.recipes.finetune",  # CLUE / GLUE / demo fine-tuning
+  "vanilla_kd": "kdjax.recipes.vanilla_kd",  # EasyNLP vanilla KD from saved teacher logits
+  "tinybert": "kdjax.recipes.tinybert",  # TinyBERT task distillation (2 stages)
 }
 
 

@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import jax
 import numpy as np
@@ -41,7 +40,7 @@ class Task:
   """A classification / regression task: a registry ``TaskSpec`` or the demo data."""
 
   name: str
-  spec: Optional[TaskSpec]
+  spec: TaskSpec | None
 
   @property
   def is_regression(self) -> bool:
@@ -76,7 +75,7 @@ class Task:
       return repr(float(label))
     return self.labels[int(label)]
 
-  def load(self, data_dir: Optional[str], split: str) -> list[Example]:
+  def load(self, data_dir: str | None, split: str) -> list[Example]:
     if self.spec is None:
       train, dev = _rotten_tomatoes()
       rows = {"train": train, "dev": dev}.get(split)
@@ -84,8 +83,10 @@ class Task:
         raise ValueError(f"{DEMO_TASK} has splits train and dev, not {split!r}")
       return [Example(i, text, None, label) for i, (text, label) in enumerate(rows)]
     if not data_dir:
-      raise ValueError(f"config key 'data_dir' is not set: it must name the {self.spec.name} "
-                       "folder (or the CLUE / GLUE root holding it)")
+      raise ValueError(
+        f"config key 'data_dir' is not set: it must name the {self.spec.name} "
+        "folder (or the CLUE / GLUE root holding it)"
+      )
     return load_split(self.spec, data_dir, split)
 
   def metrics(self, predictions, labels) -> dict[str, float]:
@@ -102,8 +103,9 @@ class Task:
 
 def get_classification_task(name: str) -> Task:
   if not name:
-    raise ValueError("config key 'task' is not set: name a CLUE / GLUE task (e.g. tnews, "
-                     f"sst-2) or {DEMO_TASK!r}")
+    raise ValueError(
+      f"config key 'task' is not set: name a CLUE / GLUE task (e.g. tnews, sst-2) or {DEMO_TASK!r}"
+    )
   if name.lower().replace("-", "_") == DEMO_TASK:
     return Task(DEMO_TASK, None)
   spec = get_task(name)
@@ -113,6 +115,7 @@ def get_classification_task(name: str) -> Task:
 @functools.lru_cache(maxsize=1)
 def _rotten_tomatoes():
   from kdjax.data.demo import rotten_tomatoes_classification
+
   return rotten_tomatoes_classification()
 
 
@@ -121,9 +124,15 @@ model_kind = native.kind
 best_step = native.best_step
 
 
-def load_model(path: str, *, head: str = "auto", num_labels: Optional[int] = None,
-               dtype: Optional[str] = None, checkpoint: str = "best",
-               step: Optional[int] = None):
+def load_model(
+  path: str,
+  *,
+  head: str = "auto",
+  num_labels: int | None = None,
+  dtype: str | None = None,
+  checkpoint: str = "best",
+  step: int | None = None,
+):
   """Any model directory as a kdjax model (see the module docstring for the kinds).
 
   ``head``/``num_labels`` only apply to HF directories (as in ``from_pretrained``); kdjax
@@ -171,12 +180,25 @@ def as_classifier(model, num_labels: int, seed: int = 0):
   return out
 
 
-def load_classifier(path: str, num_labels: int, *, seed: int = 0, dtype: Optional[str] = None,
-                    checkpoint: str = "best", step: Optional[int] = None):
+def load_classifier(
+  path: str,
+  num_labels: int,
+  *,
+  seed: int = 0,
+  dtype: str | None = None,
+  checkpoint: str = "best",
+  step: int | None = None,
+):
   """A classification model with ``num_labels`` outputs from any model directory; a fresh
   head (seeded by ``seed``) where the directory has none of that size."""
-  model = load_model(path, head="classification", num_labels=num_labels, dtype=dtype,
-                     checkpoint=checkpoint, step=step)
+  model = load_model(
+    path,
+    head="classification",
+    num_labels=num_labels,
+    dtype=dtype,
+    checkpoint=checkpoint,
+    step=step,
+  )
   return as_classifier(model, num_labels, seed)
 
 
@@ -188,8 +210,10 @@ def with_config(model, cfg: models.BertConfig, seed: int = 0):
   dst, src = P.flatten(params), P.flatten(P.params_of(model))
   for k, v in dst.items():
     if k not in src or tuple(src[k].shape) != tuple(v.shape):
-      raise ValueError(f"parameter {'/'.join(k)} of the checkpoint does not fit the requested "
-                       "architecture (only non-shape settings such as dropout can change)")
+      raise ValueError(
+        f"parameter {'/'.join(k)} of the checkpoint does not fit the requested "
+        "architecture (only non-shape settings such as dropout can change)"
+      )
     dst[k] = np.asarray(src[k])
   out = P.bind(skeleton, P.unflatten(dst))
   if getattr(model, "tokenizer_dir", None):
@@ -231,8 +255,10 @@ class Predictor:
     out = _replicated_like(params)
     key = None if out is None else id(out.mesh)
     if key not in self._fns:
+
       def forward(params, ids, mask, types):
         return self.handle.bind(params)(ids, attention_mask=mask, token_type_ids=types).logits
+
       self._fns[key] = jax.jit(forward, out_shardings=out)
     return self._fns[key]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +18,14 @@ from kdjax.models.bert import layer_flops_per_token
 log = logging.getLogger(__name__)
 
 # Student architecture keys that may override the teacher's config (HF names).
-ARCH_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
-             "hidden_dropout_prob", "attention_probs_dropout_prob")
+ARCH_KEYS = (
+  "num_hidden_layers",
+  "hidden_size",
+  "num_attention_heads",
+  "intermediate_size",
+  "hidden_dropout_prob",
+  "attention_probs_dropout_prob",
+)
 
 
 class ModelHandle:
@@ -56,12 +61,13 @@ class TeacherStudent:
     return models.param_logical_axes(frozen)
 
 
-def require_path(value: Optional[str], key: str, what: str = "a local Hugging Face directory"):
+def require_path(value: str | None, key: str, what: str = "a local Hugging Face directory"):
   if not value:
     raise ValueError(f"config key {key!r} is not set: it must name {what}")
   if not os.path.isdir(value):
-    raise FileNotFoundError(f"config key {key!r}: {value} is not a directory ({what}; "
-                            "nothing is downloaded)")
+    raise FileNotFoundError(
+      f"config key {key!r}: {value} is not a directory ({what}; nothing is downloaded)"
+    )
   return value
 
 
@@ -70,8 +76,7 @@ def load_teacher(tcfg: ml_collections.ConfigDict, head: str = "none") -> ModelHa
   return ModelHandle(models.from_pretrained(path, head=head, dtype=tcfg.get("dtype") or None))
 
 
-def student_config(scfg: ml_collections.ConfigDict,
-                   base: models.BertConfig) -> models.BertConfig:
+def student_config(scfg: ml_collections.ConfigDict, base: models.BertConfig) -> models.BertConfig:
   """The student's BertConfig: from ``student.path``'s config.json, or the teacher's
   config with the architecture keys given in ``student`` overriding it."""
   if scfg.get("path"):
@@ -87,21 +92,32 @@ def student_config(scfg: ml_collections.ConfigDict,
     raise ValueError(f"config key 'student': {e}") from None
 
 
-def build_student(scfg, base: models.BertConfig, head: str = "none", num_labels=None,
-                  tokenizer_dir: Optional[str] = None) -> ModelHandle:
+def build_student(
+  scfg,
+  base: models.BertConfig,
+  head: str = "none",
+  num_labels=None,
+  tokenizer_dir: str | None = None,
+) -> ModelHandle:
   cfg = student_config(scfg, base)
   if num_labels is not None:
     cfg = cfg.replace(num_labels=num_labels)
   if scfg.get("init_from_student"):
-    path = require_path(scfg.get("path"), "student.path",
-                        "the student checkpoint to initialise from (init_from_student=True)")
+    path = require_path(
+      scfg.get("path"),
+      "student.path",
+      "the student checkpoint to initialise from (init_from_student=True)",
+    )
     model = models.from_pretrained(path, head=head, num_labels=num_labels, dtype=cfg.dtype)
     if model.config.num_hidden_layers != cfg.num_hidden_layers:
-      raise ValueError("student.init_from_student: the checkpoint's architecture differs from "
-                       "the student.* overrides")
+      raise ValueError(
+        "student.init_from_student: the checkpoint's architecture differs from "
+        "the student.* overrides"
+      )
   else:
-    model = models.create_model(cfg, head, seed=int(scfg.get("seed") or 0),
-                                add_pooling_layer=False if head == "none" else True)
+    model = models.create_model(
+      cfg, head, seed=int(scfg.get("seed") or 0), add_pooling_layer=head != "none"
+    )
   if tokenizer_dir and not getattr(model, "tokenizer_dir", None):
     model.tokenizer_dir = tokenizer_dir
   return ModelHandle(model)
@@ -115,12 +131,14 @@ def init_fns(handle: ModelHandle, head: str, from_checkpoint: bool):
     return (lambda rng: jax.tree.map(jnp.asarray, values)), (lambda: values)
   cfg = handle.config
   pool = models.encoder_of(handle.model()).pooler is not None
-  return (lambda rng: P.params_of(models.create_model(cfg, head, seed=rng,
-                                                      add_pooling_layer=pool))), (lambda: None)
+  return (
+    lambda rng: P.params_of(models.create_model(cfg, head, seed=rng, add_pooling_layer=pool))
+  ), (lambda: None)
 
 
-def encoder_flops_per_example(cfg: models.BertConfig, seq_len: int, num_layers: int,
-                              train: bool) -> float:
+def encoder_flops_per_example(
+  cfg: models.BertConfig, seq_len: int, num_layers: int, train: bool
+) -> float:
   """Matmul FLOPs per example of ``num_layers`` layers: x3 for forward + backward."""
   f = layer_flops_per_token(cfg, seq_len) * seq_len * num_layers
   return 3.0 * f if train else f
@@ -141,5 +159,3 @@ def write_student_description(handle: ModelHandle, workdir: str) -> None:
   checkpoint of the workdir into an HF directory."""
   if jax.process_index() == 0:
     native.write_description(handle.model(), os.path.join(workdir, "student"))
-
-

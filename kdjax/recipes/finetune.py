@@ -36,9 +36,17 @@ TRAIN_KEYS = classify.INPUT_KEYS + ("labels",)
 def resolve_hparams(config, task: classify.Task) -> None:
   """Fills the -1 sentinels of learning_rate, num_train_epochs, max_seq_length and
   weight_decay / warmup_proportion from the task's defaults (in place)."""
-  defaults = (default_hparams(task.spec) if task.spec is not None
-              else {"learning_rate": 2e-5, "num_train_epochs": 3, "max_seq_length": 128,
-                    "warmup_proportion": 0.1, "weight_decay": 0.01})
+  defaults = (
+    default_hparams(task.spec)
+    if task.spec is not None
+    else {
+      "learning_rate": 2e-5,
+      "num_train_epochs": 3,
+      "max_seq_length": 128,
+      "warmup_proportion": 0.1,
+      "weight_decay": 0.01,
+    }
+  )
   for key, value in defaults.items():
     if key in config and config[key] is not None and config[key] < 0:
       config[key] = type(config[key])(value)
@@ -62,27 +70,33 @@ def write_resolved_config(config, workdir: str) -> None:
 
 
 class Finetune:
-
   def __init__(self, config, workdir: str):
     self.config = c = config
     self.workdir = workdir
     self.task = classify.get_classification_task(c.task)
     resolve_hparams(c, self.task)
     if c.batch_size <= 0 or c.batch_size % jax.process_count():
-      raise ValueError(f"config key 'batch_size'={c.batch_size} must be a positive multiple of "
-                       f"the number of processes ({jax.process_count()})")
+      raise ValueError(
+        f"config key 'batch_size'={c.batch_size} must be a positive multiple of "
+        f"the number of processes ({jax.process_count()})"
+      )
     self.model = common.ModelHandle(self.build_model())
     if c.get("tokenizer_path"):
-      self.model.tokenizer_dir = common.require_path(c.tokenizer_path, "tokenizer_path",
-                                                     "a directory with vocab.txt")
+      self.model.tokenizer_dir = common.require_path(
+        c.tokenizer_path, "tokenizer_path", "a directory with vocab.txt"
+      )
     if not self.model.tokenizer_dir:
-      raise ValueError("the model directory has no tokenizer (vocab.txt / tokenizer.json): "
-                       "set config key 'tokenizer_path'")
+      raise ValueError(
+        "the model directory has no tokenizer (vocab.txt / tokenizer.json): "
+        "set config key 'tokenizer_path'"
+      )
     self.tokenizer = Tokenizer.from_dir(self.model.tokenizer_dir)
     mcfg = self.model.config
     if c.max_seq_length + mcfg.position_offset > mcfg.max_position_embeddings:
-      raise ValueError(f"config key 'max_seq_length'={c.max_seq_length} exceeds the model's "
-                       f"max_position_embeddings={mcfg.max_position_embeddings}")
+      raise ValueError(
+        f"config key 'max_seq_length'={c.max_seq_length} exceeds the model's "
+        f"max_position_embeddings={mcfg.max_position_embeddings}"
+      )
 
     self.train_examples = self.task.load(c.data_dir, "train")
     self.train_features = self.encode(self.train_examples)
@@ -92,25 +106,34 @@ class Finetune:
     n = len(self.train_examples)
     self.steps_per_epoch = n // c.batch_size
     if self.steps_per_epoch == 0:
-      raise ValueError(f"{self.task.name}: {n} training examples cannot fill one batch of "
-                       f"config key 'batch_size'={c.batch_size}")
+      raise ValueError(
+        f"{self.task.name}: {n} training examples cannot fill one batch of "
+        f"config key 'batch_size'={c.batch_size}"
+      )
     resolve_steps(c, self.steps_per_epoch)
-    self.eval_sets = {s: self.encode(self.task.load(c.data_dir, s))
-                      for s in self.task.eval_splits}
+    self.eval_sets = {s: self.encode(self.task.load(c.data_dir, s)) for s in self.task.eval_splits}
     self.predictor = classify.Predictor(self.model, c.get("eval_batch_size", 64))
-    logging.info("%s: %d train examples, %d steps per epoch, max_steps=%d, lr=%g, "
-                 "max_seq_length=%d", self.task.name, n, self.steps_per_epoch, c.max_steps,
-                 c.learning_rate, c.max_seq_length)
+    logging.info(
+      "%s: %d train examples, %d steps per epoch, max_steps=%d, lr=%g, max_seq_length=%d",
+      self.task.name,
+      n,
+      self.steps_per_epoch,
+      c.max_steps,
+      c.learning_rate,
+      c.max_seq_length,
+    )
     write_resolved_config(c, workdir)
     common.write_student_description(self.model, workdir)
 
   def build_model(self):
     """The classification model to train (with ``tokenizer_dir`` when its directory has one)."""
     c = self.config
-    path = common.require_path(c.model.path, "model.path",
-                               "a Hugging Face / kdjax model directory or trainer workdir")
-    return classify.load_classifier(path, self.task.num_labels, seed=int(c.model.seed),
-                                    dtype=c.model.get("dtype") or None)
+    path = common.require_path(
+      c.model.path, "model.path", "a Hugging Face / kdjax model directory or trainer workdir"
+    )
+    return classify.load_classifier(
+      path, self.task.num_labels, seed=int(c.model.seed), dtype=c.model.get("dtype") or None
+    )
 
   def extra_train_columns(self, examples) -> dict:
     """More per-example training arrays (rows aligned with ``examples``); none here."""
@@ -118,8 +141,9 @@ class Finetune:
     return {}
 
   def encode(self, examples):
-    return encode_examples(examples, self.tokenizer, self.config.max_seq_length,
-                           regression=self.task.is_regression)
+    return encode_examples(
+      examples, self.tokenizer, self.config.max_seq_length, regression=self.task.is_regression
+    )
 
   # -- trainer interface ---------------------------------------------------------------------
   def init_params(self, rng):
@@ -136,14 +160,23 @@ class Finetune:
   def train_data(self, process_index: int, process_count: int):
     c = self.config
     feats = {k: self.train_features[k] for k in self.train_keys}
-    return ClassificationData(feats, c.batch_size // process_count, seed=c.seed,
-                              process_index=process_index, process_count=process_count)
+    return ClassificationData(
+      feats,
+      c.batch_size // process_count,
+      seed=c.seed,
+      process_index=process_index,
+      process_count=process_count,
+    )
 
   def logits(self, params, batch, rng):
     model = self.model.bind(params)
-    return model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                 token_type_ids=batch["token_type_ids"], deterministic=False,
-                 dropout_rng=rng).logits
+    return model(
+      batch["input_ids"],
+      attention_mask=batch["attention_mask"],
+      token_type_ids=batch["token_type_ids"],
+      deterministic=False,
+      dropout_rng=rng,
+    ).logits
 
   def loss_fn(self, params, frozen, batch, rng):
     del frozen
@@ -156,8 +189,9 @@ class Finetune:
 
   def flops_per_example(self) -> float:
     cfg = self.model.config
-    return common.encoder_flops_per_example(cfg, self.config.max_seq_length,
-                                            cfg.num_hidden_layers, True)
+    return common.encoder_flops_per_example(
+      cfg, self.config.max_seq_length, cfg.num_hidden_layers, True
+    )
 
   def tokens_per_example(self, batch) -> float:
     return common.tokens_per_example(batch)
@@ -174,8 +208,9 @@ def task_loss(task: classify.Task, logits, labels):
   return cross_entropy(logits, labels), {"accuracy": acc}
 
 
-def evaluate_splits(task: classify.Task, predictor: classify.Predictor, params,
-                    eval_sets: dict) -> dict[str, float]:
+def evaluate_splits(
+  task: classify.Task, predictor: classify.Predictor, params, eval_sets: dict
+) -> dict[str, float]:
   """``<split>/<metric>`` for every dev split plus ``score`` (first split's main metric)."""
   out = {}
   for i, (split, feats) in enumerate(eval_sets.items()):

@@ -10,7 +10,6 @@ One teacher layer (``teacher_layer_index``) teaches one student layer
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from kdjax.data import TextCorpus, Tokenizer
 from kdjax.losses import minilm_relation_loss
@@ -18,36 +17,55 @@ from kdjax.recipes import common
 
 
 class GeneralDistill(common.TeacherStudent):
-
-  def __init__(self, config, workdir: str | None, teacher: common.ModelHandle | None = None,
-               student: common.ModelHandle | None = None, tokenizer: Tokenizer | None = None):
+  def __init__(
+    self,
+    config,
+    workdir: str | None,
+    teacher: common.ModelHandle | None = None,
+    student: common.ModelHandle | None = None,
+    tokenizer: Tokenizer | None = None,
+  ):
     """``teacher``/``student``/``tokenizer`` may be given in memory (benchmarks, tests);
     by default they come from ``teacher.path`` / ``student.*`` / the teacher's vocab."""
     self.config = c = config
     self.teacher = teacher or common.load_teacher(c.teacher)
     tcfg = self.teacher.config
-    self.student = student or common.build_student(c.student, tcfg.replace(dtype="float32"),
-                                                   tokenizer_dir=self.teacher.tokenizer_dir)
+    self.student = student or common.build_student(
+      c.student, tcfg.replace(dtype="float32"), tokenizer_dir=self.teacher.tokenizer_dir
+    )
     scfg = self.student.config
-    self.t_layer = _check_layer(c.teacher_layer_index, tcfg.num_hidden_layers,
-                                "teacher_layer_index")
-    self.s_layer = _check_layer(c.student_layer_index, scfg.num_hidden_layers,
-                                "student_layer_index")
+    self.t_layer = _check_layer(
+      c.teacher_layer_index, tcfg.num_hidden_layers, "teacher_layer_index"
+    )
+    self.s_layer = _check_layer(
+      c.student_layer_index, scfg.num_hidden_layers, "student_layer_index"
+    )
     for who, h in (("teacher", tcfg.hidden_size), ("student", scfg.hidden_size)):
       if h % c.num_relation_heads:
-        raise ValueError(f"config key 'num_relation_heads'={c.num_relation_heads} does not "
-                         f"divide the {who} hidden size {h}")
+        raise ValueError(
+          f"config key 'num_relation_heads'={c.num_relation_heads} does not "
+          f"divide the {who} hidden size {h}"
+        )
     if not 0.0 <= c.alpha + c.beta <= 1.0 or c.alpha < 0 or c.beta < 0:
-      raise ValueError(f"config keys 'alpha'={c.alpha}, 'beta'={c.beta}: need alpha, beta >= 0 "
-                       "and alpha + beta <= 1")
+      raise ValueError(
+        f"config keys 'alpha'={c.alpha}, 'beta'={c.beta}: need alpha, beta >= 0 "
+        "and alpha + beta <= 1"
+      )
     if c.max_seq_length + tcfg.position_offset > tcfg.max_position_embeddings:
-      raise ValueError(f"config key 'max_seq_length'={c.max_seq_length} exceeds the teacher's "
-                       f"max_position_embeddings={tcfg.max_position_embeddings}")
+      raise ValueError(
+        f"config key 'max_seq_length'={c.max_seq_length} exceeds the teacher's "
+        f"max_position_embeddings={tcfg.max_position_embeddings}"
+      )
     self.tokenizer = tokenizer or Tokenizer.from_dir(
-        common.require_path(c.get("tokenizer_path") or self.teacher.tokenizer_dir,
-                            "tokenizer_path", "a directory with vocab.txt or tokenizer.json"))
+      common.require_path(
+        c.get("tokenizer_path") or self.teacher.tokenizer_dir,
+        "tokenizer_path",
+        "a directory with vocab.txt or tokenizer.json",
+      )
+    )
     self.init_params, self.initial_params = common.init_fns(
-        self.student, "none", bool(c.student.get("init_from_student")))
+      self.student, "none", bool(c.student.get("init_from_student"))
+    )
     if workdir is not None:
       common.write_student_description(self.student, workdir)
 
@@ -61,9 +79,15 @@ class GeneralDistill(common.TeacherStudent):
     input_dir = common.require_path(c.input_dir, "input_dir", "a directory of text files")
     mode = c.get("data_sharding", "files")
     if mode == "files":
-      return TextCorpus(input_dir, self.tokenizer, c.batch_size // process_count,
-                        c.max_seq_length, seed=c.seed, process_index=process_index,
-                        process_count=process_count)
+      return TextCorpus(
+        input_dir,
+        self.tokenizer,
+        c.batch_size // process_count,
+        c.max_seq_length,
+        seed=c.seed,
+        process_index=process_index,
+        process_count=process_count,
+      )
     if mode != "global":
       raise ValueError(f"config key 'data_sharding'={mode!r} must be 'files' or 'global'")
     corpus = TextCorpus(input_dir, self.tokenizer, c.batch_size, c.max_seq_length, seed=c.seed)
@@ -76,19 +100,36 @@ class GeneralDistill(common.TeacherStudent):
     t = teacher(ids, mask, types, capture_layers=[self.t_layer], stop_at_layer=self.t_layer)
     t_qkv = jax.lax.stop_gradient(_qkv(t.layers[self.t_layer]))
     student = self.student.bind(params)
-    s = student(ids, mask, types, capture_layers=[self.s_layer], stop_at_layer=self.s_layer,
-                deterministic=False, dropout_rng=rng)
-    loss, terms = minilm_relation_loss(t_qkv, _qkv(s.layers[self.s_layer]), mask,
-                                       c.num_relation_heads, alpha=c.alpha, beta=c.beta,
-                                       return_terms=True)
-    metrics = {f"{k}_relation": v for k, v in terms.items()
-               if k == "token" or (k == "head" and c.alpha) or (k == "sample" and c.beta)}
+    s = student(
+      ids,
+      mask,
+      types,
+      capture_layers=[self.s_layer],
+      stop_at_layer=self.s_layer,
+      deterministic=False,
+      dropout_rng=rng,
+    )
+    loss, terms = minilm_relation_loss(
+      t_qkv,
+      _qkv(s.layers[self.s_layer]),
+      mask,
+      c.num_relation_heads,
+      alpha=c.alpha,
+      beta=c.beta,
+      return_terms=True,
+    )
+    metrics = {
+      f"{k}_relation": v
+      for k, v in terms.items()
+      if k == "token" or (k == "head" and c.alpha) or (k == "sample" and c.beta)
+    }
     return loss, metrics
 
   def flops_per_example(self) -> float:
     L = self.config.max_seq_length
-    return (common.encoder_flops_per_example(self.teacher.config, L, self.t_layer + 1, False)
-            + common.encoder_flops_per_example(self.student.config, L, self.s_layer + 1, True))
+    return common.encoder_flops_per_example(
+      self.teacher.config, L, self.t_layer + 1, False
+    ) + common.encoder_flops_per_example(self.student.config, L, self.s_layer + 1, True)
 
   def tokens_per_example(self, batch) -> float:
     return common.tokens_per_example(batch)
@@ -109,7 +150,7 @@ class RowsOfGlobalBatch:
   def __next__(self):
     batch = next(self.corpus)
     rows = len(batch["input_ids"]) // self.count
-    return {k: v[self.index * rows:(self.index + 1) * rows] for k, v in batch.items()}
+    return {k: v[self.index * rows : (self.index + 1) * rows] for k, v in batch.items()}
 
   def get_state(self):
     return self.corpus.get_state()
@@ -124,8 +165,10 @@ def _qkv(internals):
 
 def _check_layer(index: int, n: int, key: str) -> int:
   if not 0 <= index < n:
-    raise ValueError(f"config key {key!r}={index} is out of range for a model with {n} layers "
-                     f"(0-based: 0..{n - 1})")
+    raise ValueError(
+      f"config key {key!r}={index} is out of range for a model with {n} layers "
+      f"(0-based: 0..{n - 1})"
+    )
   return index
 
 

@@ -34,7 +34,6 @@ from kdjax.recipes.finetune import Finetune
 
 
 class VanillaKD(Finetune):
-
   def __init__(self, config, workdir: str):
     c = config
     if not c.temperature > 0:
@@ -49,13 +48,17 @@ class VanillaKD(Finetune):
       raise ValueError(f"{self.task.name} is a regression task; vanilla KD needs class logits")
     path = c.get("logits_saved_path")
     if not path:
-      raise ValueError("config key 'logits_saved_path' is not set: it must name the teacher "
-                       "logits TSV written by `python -m kdjax.evaluate --split=train "
-                       "--logits_output=...`")
-    source = (f"the training split ({resolve_path(self.task.spec, c.data_dir, 'train')})"
-              if self.task.spec is not None else f"the {self.task.name} training split")
-    logits = read_logits_tsv(path, examples, self.task.num_labels, self.task.label_string,
-                             source)
+      raise ValueError(
+        "config key 'logits_saved_path' is not set: it must name the teacher "
+        "logits TSV written by `python -m kdjax.evaluate --split=train "
+        "--logits_output=...`"
+      )
+    source = (
+      f"the training split ({resolve_path(self.task.spec, c.data_dir, 'train')})"
+      if self.task.spec is not None
+      else f"the {self.task.name} training split"
+    )
+    logits = read_logits_tsv(path, examples, self.task.num_labels, self.task.label_string, source)
     return {"teacher_logits": logits}
 
   def build_model(self):
@@ -65,19 +68,23 @@ class VanillaKD(Finetune):
     overrides = {k: s[k] for k in common.ARCH_KEYS if s.get(k) is not None}
     dtype = s.get("dtype") or None
     if s.get("init_from_student"):
-      path = common.require_path(s.get("path"), "student.path",
-                                 "the student checkpoint to start from (init_from_student=True)")
+      path = common.require_path(
+        s.get("path"),
+        "student.path",
+        "the student checkpoint to start from (init_from_student=True)",
+      )
       model = classify.load_classifier(path, num_labels, seed=int(s.seed), dtype=dtype)
       try:
         return classify.with_config(model, model.config.replace(**overrides), int(s.seed))
       except ValueError as e:
         raise ValueError(f"config key 'student': {e}") from None
     base_path = s.get("path") or c.teacher.get("path")
-    base_path = common.require_path(base_path, "student.path",
-                                    "a model directory whose architecture the student copies "
-                                    "(or set teacher.path)")
-    cfg = classify.read_config(base_path).replace(num_labels=num_labels, id2label=None,
-                                                  **overrides)
+    base_path = common.require_path(
+      base_path,
+      "student.path",
+      "a model directory whose architecture the student copies (or set teacher.path)",
+    )
+    cfg = classify.read_config(base_path).replace(num_labels=num_labels, id2label=None, **overrides)
     if dtype:
       cfg = cfg.replace(dtype=dtype)
     model = models.create_model(cfg, "classification", seed=int(s.seed))
@@ -90,16 +97,20 @@ class VanillaKD(Finetune):
     del frozen
     c = self.config
     logits = self.logits(params, batch, rng)
-    loss, terms = vanilla_kd_loss(logits, batch["teacher_logits"], batch["labels"],
-                                  float(c.temperature), float(c.alpha))
+    loss, terms = vanilla_kd_loss(
+      logits, batch["teacher_logits"], batch["labels"], float(c.temperature), float(c.alpha)
+    )
     return loss, terms
 
 
 def _tokenizer_dir(path: str):
   kind = classify.model_kind(path)
   d = path if kind != "workdir" else os.path.join(path, "student")
-  return os.path.abspath(d) if any(os.path.exists(os.path.join(d, f))
-                                   for f in ("vocab.txt", "tokenizer.json")) else None
+  return (
+    os.path.abspath(d)
+    if any(os.path.exists(os.path.join(d, f)) for f in ("vocab.txt", "tokenizer.json"))
+    else None
+  )
 
 
 def build(config, workdir):

@@ -26,10 +26,12 @@ def allgather_json(obj: Any) -> list[Any]:
   raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
   lengths = multihost_utils.process_allgather(np.array([raw.size], np.int32))
   padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:raw.size] = raw
+  padded[: raw.size] = raw
   gathered = multihost_utils.process_allgather(padded)
-  return [json.loads(bytes(row[:int(n)]).decode())
-          for row, n in zip(np.asarray(gathered), np.asarray(lengths).reshape(-1))]
+  return [
+    json.loads(bytes(row[: int(n)]).decode())
+    for row, n in zip(np.asarray(gathered), np.asarray(lengths).reshape(-1))
+  ]
 
 
 class Checkpointer:
@@ -37,39 +39,46 @@ class Checkpointer:
 
   def __init__(self, directory, *, max_to_keep: int | None = 3, async_save: bool = True):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep or None,
-        enable_async_checkpointing=async_save,
-        create=True,
-        cleanup_tmp_directories=True,  # leftovers of a save killed half-way
+      max_to_keep=max_to_keep or None,
+      enable_async_checkpointing=async_save,
+      create=True,
+      cleanup_tmp_directories=True,  # leftovers of a save killed half-way
     )
     self.directory = directory
-    self.manager = ocp.CheckpointManager(directory, options=options,
-                                         item_names=("state", "data"))
+    self.manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, state, data_state: dict, trainer_state: dict | None = None) -> bool:
     """Saves (asynchronously if configured). All processes must call it."""
-    payload = {"process_count": jax.process_count(), "data": allgather_json(data_state),
-               "trainer": trainer_state or {}}
+    payload = {
+      "process_count": jax.process_count(),
+      "data": allgather_json(data_state),
+      "trainer": trainer_state or {},
+    }
     if step in self.manager.all_steps():
       return False
     return self.manager.save(
-        step, force=True,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=ocp.args.JsonSave(payload)))
+      step,
+      force=True,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(payload)),
+    )
 
   def restore(self, step: int, abstract_state):
     """Returns (state in the shardings of `abstract_state`, this process's data state, trainer)."""
     out = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      data=ocp.args.JsonRestore()))
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+      ),
+    )
     payload = out.data
     if payload["process_count"] != jax.process_count():
       raise ValueError(
-          f"Checkpoint {step} was written by {payload['process_count']} processes but this run "
-          f"has {jax.process_count()}; the data-iterator positions cannot be mapped.")
+        f"Checkpoint {step} was written by {payload['process_count']} processes but this run "
+        f"has {jax.process_count()}; the data-iterator positions cannot be mapped."
+      )
     return out.state, payload["data"][jax.process_index()], payload.get("trainer", {})
 
   def reached_preemption(self, step: int) -> bool:
@@ -88,15 +97,24 @@ class BestCheckpointer:
 
   def __init__(self, directory):
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max",
-        keep_checkpoints_without_metrics=False, enable_async_checkpointing=False, create=True)
+      max_to_keep=1,
+      best_fn=lambda m: m["score"],
+      best_mode="max",
+      keep_checkpoints_without_metrics=False,
+      enable_async_checkpointing=False,
+      create=True,
+    )
     self.manager = ocp.CheckpointManager(directory, options=options, item_names=("params",))
 
   def save(self, step: int, params, score: float) -> None:
     if step in self.manager.all_steps():
       return
-    self.manager.save(step, force=True, metrics={"score": float(score)},
-                      args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+    self.manager.save(
+      step,
+      force=True,
+      metrics={"score": float(score)},
+      args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+    )
     logging.info("best checkpoint: step %d score %.6g", step, score)
 
   def close(self) -> None:

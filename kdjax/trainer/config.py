@@ -38,7 +38,7 @@ def default_trainer_config() -> ml_collections.ConfigDict:
 def resolve_trainer_config(config) -> ml_collections.ConfigDict:
   """The trainer keys of `config`, missing ones filled from the defaults (mesh merged per axis)."""
   out = default_trainer_config()
-  for key in out.keys():
+  for key in out:
     if key not in config:
       continue
     value = config[key]

@@ -40,15 +40,20 @@ def maybe_initialize_distributed() -> bool:
     jax.config.update("jax_num_cpu_devices", int(env["KDJAX_NUM_CPU_DEVICES"]))
   if env.get("KDJAX_COORDINATOR"):
     jax.distributed.initialize(
-        coordinator_address=env["KDJAX_COORDINATOR"],
-        num_processes=int(env["KDJAX_NUM_PROCESSES"]),
-        process_id=int(env["KDJAX_PROCESS_ID"]))
+      coordinator_address=env["KDJAX_COORDINATOR"],
+      num_processes=int(env["KDJAX_NUM_PROCESSES"]),
+      process_id=int(env["KDJAX_PROCESS_ID"]),
+    )
   elif env.get("KDJAX_DISTRIBUTED", "").lower() == "auto" or _multi_host_env():
     jax.distributed.initialize()
   else:
     return False
   _initialized = True
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True

@@ -67,11 +67,14 @@ class Trainer:
     self._init_key = init_key
     abstract_params = jax.eval_shape(recipe.init_params, init_key)
     param_logical = getattr(recipe, "param_logical_axes", lambda _: None)(abstract_params)
-    param_shardings = sharding_lib.tree_shardings(abstract_params, param_logical, self.rules,
-                                                  self.mesh)
+    param_shardings = sharding_lib.tree_shardings(
+      abstract_params, param_logical, self.rules, self.mesh
+    )
     abstract_state = jax.eval_shape(
-        lambda k1, k2: state_lib.create_state(recipe.init_params(k1), self.optimizer, k2),
-        init_key, self._train_key)
+      lambda k1, k2: state_lib.create_state(recipe.init_params(k1), self.optimizer, k2),
+      init_key,
+      self._train_key,
+    )
     self.param_shardings = param_shardings
     self.state_shardings = state_lib.state_shardings(abstract_state, param_shardings, self.mesh)
     self.abstract_state = state_lib.with_shardings(abstract_state, self.state_shardings)
@@ -81,9 +84,11 @@ class Trainer:
     # The state is pinned (a mismatch is an error, not a silent reshard); frozen and batch
     # (None = unspecified) keep the shardings they were placed with.
     self.step_fn = jax.jit(
-        step, in_shardings=(self.state_shardings, None, None),
-        out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
-        donate_argnums=0)
+      step,
+      in_shardings=(self.state_shardings, None, None),
+      out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
+      donate_argnums=0,
+    )
     self._batch_shardings: dict = {}
 
   # -- building blocks -------------------------------------------------------------------------
@@ -92,15 +97,18 @@ class Trainer:
     cfg = self.config
     check_accumulation(cfg.batch_size, cfg.grad_accum_steps)
     if cfg.batch_size % jax.process_count():
-      raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of "
-                       f"processes ({jax.process_count()}).")
+      raise ValueError(
+        f"batch_size={cfg.batch_size} must be divisible by the number of "
+        f"processes ({jax.process_count()})."
+      )
     shards = sharding_lib.num_batch_shards(self.mesh, self.rules)
     micro = cfg.batch_size // cfg.grad_accum_steps
     if micro % shards:
       raise ValueError(
-          f"batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps} = {micro} "
-          f"rows per micro-batch must be divisible by the {shards} batch shards of mesh "
-          f"{dict(self.mesh.shape)}.")
+        f"batch_size={cfg.batch_size} / grad_accum_steps={cfg.grad_accum_steps} = {micro} "
+        f"rows per micro-batch must be divisible by the {shards} batch shards of mesh "
+        f"{dict(self.mesh.shape)}."
+      )
 
   def init_state(self) -> state_lib.TrainState:
     """Fresh state, created directly in its shardings.
@@ -111,12 +119,15 @@ class Trainer:
     initial = getattr(self.recipe, "initial_params", lambda: None)()
     if initial is not None:
       params = sharding_lib.place(initial, self.param_shardings)
-      init = jax.jit(lambda p, k2: state_lib.create_state(p, self.optimizer, k2),
-                     out_shardings=self.state_shardings)
+      init = jax.jit(
+        lambda p, k2: state_lib.create_state(p, self.optimizer, k2),
+        out_shardings=self.state_shardings,
+      )
       return init(params, self._train_key)
     init = jax.jit(
-        lambda k1, k2: state_lib.create_state(self.recipe.init_params(k1), self.optimizer, k2),
-        out_shardings=self.state_shardings)
+      lambda k1, k2: state_lib.create_state(self.recipe.init_params(k1), self.optimizer, k2),
+      out_shardings=self.state_shardings,
+    )
     return init(self._init_key, self._train_key)
 
   def init_frozen(self):
@@ -137,7 +148,8 @@ class Trainer:
       if axes is None:
         axes = ("batch",) + (None,) * (len(global_shape) - 1)
       self._batch_shardings[key] = sharding_lib.batch_sharding(
-          self.mesh, self.rules, tuple(axes), global_shape)
+        self.mesh, self.rules, tuple(axes), global_shape
+      )
     return self._batch_shardings[key]
 
   def global_batch(self, local_batch):
@@ -148,10 +160,12 @@ class Trainer:
       global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
       if global_shape[0] != self.config.batch_size:
         raise ValueError(
-            f"Batch entry {name!r} has {value.shape[0]} rows in this process; expected "
-            f"batch_size={self.config.batch_size} / {jax.process_count()} processes.")
+          f"Batch entry {name!r} has {value.shape[0]} rows in this process; expected "
+          f"batch_size={self.config.batch_size} / {jax.process_count()} processes."
+        )
       out[name] = jax.make_array_from_process_local_data(
-          self._batch_sharding(name, global_shape), value, global_shape)
+        self._batch_sharding(name, global_shape), value, global_shape
+      )
     return out
 
   def host_params(self, params):
@@ -164,17 +178,22 @@ class Trainer:
 
   def train(self) -> state_lib.TrainState:
     cfg, recipe = self.config, self.recipe
-    is_main = jax.process_index() == 0
     ckpt = checkpoint_lib.Checkpointer(
-        os.path.join(self.workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints,
-        async_save=cfg.async_checkpoint)
+      os.path.join(self.workdir, "checkpoints"),
+      max_to_keep=cfg.keep_checkpoints,
+      async_save=cfg.async_checkpoint,
+    )
     best = None
     if cfg.keep_best and cfg.eval_steps and hasattr(recipe, "evaluate"):
       best = checkpoint_lib.BestCheckpointer(os.path.join(self.workdir, "best"))
 
-    logging.info("mesh %s over %d devices (%d processes); %s trainable parameters",
-                 dict(self.mesh.shape), jax.device_count(), jax.process_count(),
-                 f"{self.num_params:,}")
+    logging.info(
+      "mesh %s over %d devices (%d processes); %s trainable parameters",
+      dict(self.mesh.shape),
+      jax.device_count(),
+      jax.process_count(),
+      f"{self.num_params:,}",
+    )
     latest = ckpt.latest_step()
     data_state, trainer_state = None, {}
     if latest is None:
@@ -187,21 +206,29 @@ class Trainer:
     frozen = self.init_frozen()
 
     if start >= cfg.max_steps:
-      logging.warning("checkpoint step %d >= max_steps=%d: nothing to train; exporting.",
-                      start, cfg.max_steps)
+      logging.warning(
+        "checkpoint step %d >= max_steps=%d: nothing to train; exporting.", start, cfg.max_steps
+      )
       self._finish(state, ckpt, best)
       return state
 
     data = recipe.train_data(jax.process_index(), jax.process_count())
     if not all(hasattr(data, name) for name in ("__next__", "get_state", "set_state")):
-      raise TypeError("recipe.train_data() must return an iterator with get_state() and "
-                      f"set_state(); got {type(data).__name__}.")
+      raise TypeError(
+        "recipe.train_data() must return an iterator with get_state() and "
+        f"set_state(); got {type(data).__name__}."
+      )
     if data_state is not None:
       data.set_state(data_state)
     logger = MetricsLogger(
-        self.workdir, batch_size=cfg.batch_size, max_steps=cfg.max_steps, start_step=start,
-        flops_per_example=getattr(recipe, "flops_per_example", lambda: None)(),
-        tensorboard=cfg.tensorboard, progress_bar=cfg.progress_bar)
+      self.workdir,
+      batch_size=cfg.batch_size,
+      max_steps=cfg.max_steps,
+      start_step=start,
+      flops_per_example=getattr(recipe, "flops_per_example", lambda: None)(),
+      tensorboard=cfg.tensorboard,
+      progress_bar=cfg.progress_bar,
+    )
     tokens_fn = getattr(recipe, "tokens_per_example", None)
     rows = cfg.batch_size
 
@@ -222,8 +249,9 @@ class Trainer:
         last = step == cfg.max_steps
         if _is_due(step, cfg.logging_steps) or last:
           logger.write(step)
-        if cfg.eval_steps and hasattr(recipe, "evaluate") and (_is_due(step, cfg.eval_steps)
-                                                                or last):
+        if (
+          cfg.eval_steps and hasattr(recipe, "evaluate") and (_is_due(step, cfg.eval_steps) or last)
+        ):
           best_score = self._evaluate(state, frozen, step, logger, best, best_score)
         preempted = ckpt.reached_preemption(step)
         if _is_due(step, cfg.save_steps) or last or preempted:

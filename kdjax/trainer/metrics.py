@@ -19,20 +19,20 @@ from absl import logging
 
 # Dense peak FLOP/s per device (bf16 unless the chip has no bf16 units), from vendor sheets.
 _PEAK_FLOPS = (
-    ("v6", 918e12),  # TPU v6e (Trillium); device_kind "TPU v6 lite"
-    ("v5 lite", 197e12),  # v5e
-    ("v5e", 197e12),
-    ("v5", 459e12),  # v5p reports "TPU v5" (or "TPU v5p")
-    ("v4", 275e12),
-    ("v3", 123e12),
-    ("v2", 45e12),
-    ("h200", 989e12),
-    ("h100", 989e12),
-    ("gh200", 989e12),
-    ("a100", 312e12),
-    ("l4", 121e12),
-    ("a10", 125e12),
-    ("v100", 125e12),
+  ("v6", 918e12),  # TPU v6e (Trillium); device_kind "TPU v6 lite"
+  ("v5 lite", 197e12),  # v5e
+  ("v5e", 197e12),
+  ("v5", 459e12),  # v5p reports "TPU v5" (or "TPU v5p")
+  ("v4", 275e12),
+  ("v3", 123e12),
+  ("v2", 45e12),
+  ("h200", 989e12),
+  ("h100", 989e12),
+  ("gh200", 989e12),
+  ("a100", 312e12),
+  ("l4", 121e12),
+  ("a10", 125e12),
+  ("v100", 125e12),
 )
 
 
@@ -50,9 +50,17 @@ def peak_flops_per_device(device_kind: str) -> float | None:
 class MetricsLogger:
   """Accumulates step metrics and writes one record every `logging_steps`."""
 
-  def __init__(self, workdir, *, batch_size: int, max_steps: int, start_step: int,
-               flops_per_example: float | None = None, tensorboard: bool = True,
-               progress_bar: bool = True):
+  def __init__(
+    self,
+    workdir,
+    *,
+    batch_size: int,
+    max_steps: int,
+    start_step: int,
+    flops_per_example: float | None = None,
+    tensorboard: bool = True,
+    progress_bar: bool = True,
+  ):
     self.is_main = jax.process_index() == 0
     self.batch_size = batch_size
     self.flops_per_example = flops_per_example
@@ -66,12 +74,14 @@ class MetricsLogger:
     self._jsonl = self._writer = self._bar = None
     if self.is_main:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
       if tensorboard:
         from tensorboardX import SummaryWriter
+
         self._writer = SummaryWriter(os.path.join(workdir, "tb"))
       if progress_bar and sys.stderr.isatty():
         from tqdm import tqdm
+
         self._bar = tqdm(total=max_steps, initial=start_step, dynamic_ncols=True)
 
   def reset_timer(self) -> None:

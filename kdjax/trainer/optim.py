@@ -11,7 +11,7 @@ def warmup_steps(config) -> int:
   steps = config.get("warmup_steps", None)
   if steps is not None and steps >= 0:
     return int(steps)
-  return int(round(float(config.get("warmup_proportion", 0.0) or 0.0) * config.max_steps))
+  return round(float(config.get("warmup_proportion", 0.0) or 0.0) * config.max_steps)
 
 
 def make_schedule(config) -> optax.Schedule:
@@ -54,8 +54,14 @@ def make_optimizer(config, params=None) -> optax.GradientTransformation:
   parts = []
   if config.get("max_grad_norm", None):
     parts.append(optax.clip_by_global_norm(float(config.max_grad_norm)))
-  parts.append(optax.adamw(
+  parts.append(
+    optax.adamw(
       make_schedule(config),
-      b1=float(config.adam_b1), b2=float(config.adam_b2), eps=float(config.adam_eps),
-      weight_decay=float(config.weight_decay), mask=decay_mask))
+      b1=float(config.adam_b1),
+      b2=float(config.adam_b2),
+      eps=float(config.adam_eps),
+      weight_decay=float(config.weight_decay),
+      mask=decay_mask,
+    )
+  )
   return optax.chain(*parts)

@@ -14,18 +14,19 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
 DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", None),
-    ("length", None),
-    ("kv", None),
+  ("batch", ("data", "fsdp")),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("vocab", None),
+  ("length", None),
+  ("kv", None),
 )
 
 _logged_once: set[str] = set()
@@ -112,8 +113,10 @@ def logical_to_mesh(logical_axes, rules, shape: Sequence[int], mesh: Mesh) -> P:
       if axis in used or size == 1:
         continue
       if dim % (math.prod(mesh.shape[a] for a in kept) * size):
-        _log_once(f"sharding: dim {name}={dim} of shape {tuple(shape)} not divisible by mesh "
-                  f"axis {axis}={size}; not sharding it along {axis}.")
+        _log_once(
+          f"sharding: dim {name}={dim} of shape {tuple(shape)} not divisible by mesh "
+          f"axis {axis}={size}; not sharding it along {axis}."
+        )
         continue
       kept.append(axis)
     used.update(kept)
@@ -132,8 +135,10 @@ def tree_shardings(tree, logical_tree, rules, mesh: Mesh):
   if logical_tree is None:
     return jax.tree.map(lambda _: NamedSharding(mesh, P()), tree)
   return jax.tree.map(
-      lambda x, axes: NamedSharding(mesh, logical_to_mesh(axes, rules, np.shape(x), mesh)),
-      tree, logical_tree)
+    lambda x, axes: NamedSharding(mesh, logical_to_mesh(axes, rules, np.shape(x), mesh)),
+    tree,
+    logical_tree,
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -162,6 +167,7 @@ def place(tree, shardings):
   Every process must pass the same values. Leaves already carrying the target sharding are
   kept as they are.
   """
+
   def put(x, sharding):
     if isinstance(x, jax.Array) and x.sharding == sharding:
       return x
@@ -169,4 +175,5 @@ def place(tree, shardings):
       return jax.device_put(x, sharding)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
   return jax.tree.map(put, tree, shardings)

@@ -15,17 +15,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 TrainState = dict  # {"params", "opt_state", "step", "rng"}
 
 
 def create_state(params, optimizer, rng) -> TrainState:
   return {
-      "params": params,
-      "opt_state": optimizer.init(params),
-      "step": jnp.zeros((), jnp.int32),
-      "rng": jax.random.key_data(rng),
+    "params": params,
+    "opt_state": optimizer.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "rng": jax.random.key_data(rng),
   }
 
 
@@ -41,8 +42,9 @@ def opt_state_shardings(abstract_opt_state, params, param_shardings, mesh):
   drop leaves, chains add prefixes such as `[1][0].mu`) without relying on optax internals.
   """
   by_path = {}
-  for (path, leaf), sharding in zip(jax.tree.leaves_with_path(params),
-                                    jax.tree.leaves(param_shardings)):
+  for (path, leaf), sharding in zip(
+    jax.tree.leaves_with_path(params), jax.tree.leaves(param_shardings)
+  ):
     by_path[tuple(path)] = (tuple(np.shape(leaf)), sharding)
   repl = NamedSharding(mesh, P())
 
@@ -60,18 +62,20 @@ def opt_state_shardings(abstract_opt_state, params, param_shardings, mesh):
 def state_shardings(abstract_state: TrainState, param_shardings, mesh) -> TrainState:
   repl = NamedSharding(mesh, P())
   return {
-      "params": param_shardings,
-      "opt_state": opt_state_shardings(abstract_state["opt_state"], abstract_state["params"],
-                                       param_shardings, mesh),
-      "step": repl,
-      "rng": repl,
+    "params": param_shardings,
+    "opt_state": opt_state_shardings(
+      abstract_state["opt_state"], abstract_state["params"], param_shardings, mesh
+    ),
+    "step": repl,
+    "rng": repl,
   }
 
 
 def with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs carrying target shardings (for orbax restore / jit init)."""
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      abstract_tree, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings
+  )
 
 
 def num_params(params) -> int:

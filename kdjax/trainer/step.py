@@ -13,8 +13,10 @@ from kdjax.trainer.state import step_rng
 
 def check_accumulation(batch_size: int, grad_accum_steps: int) -> None:
   if grad_accum_steps < 1 or batch_size % grad_accum_steps:
-    raise ValueError(f"batch_size={batch_size} must be divisible by "
-                     f"grad_accum_steps={grad_accum_steps} (both from the config).")
+    raise ValueError(
+      f"batch_size={batch_size} must be divisible by "
+      f"grad_accum_steps={grad_accum_steps} (both from the config)."
+    )
 
 
 def split_micro_batches(batch, grad_accum_steps: int):
@@ -23,15 +25,21 @@ def split_micro_batches(batch, grad_accum_steps: int):
   Strided rather than contiguous so that every device keeps its share of each micro-batch:
   with B sharded over D devices, rows j*A+i of a device's block stay on that device.
   """
+
   def split(x):
     check_accumulation(x.shape[0], grad_accum_steps)
     x = x.reshape((x.shape[0] // grad_accum_steps, grad_accum_steps) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
+
   return jax.tree.map(split, batch)
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
-                    grad_accum_steps: int = 1, schedule: optax.Schedule | None = None):
+def make_train_step(
+  loss_fn: Callable,
+  optimizer: optax.GradientTransformation,
+  grad_accum_steps: int = 1,
+  schedule: optax.Schedule | None = None,
+):
   """Returns the pure `step(state, frozen, batch) -> (state, metrics)` (not jitted).
 
   `loss_fn(params, frozen, batch, rng) -> (loss, metrics)`; gradients are taken w.r.t.
@@ -56,25 +64,25 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
       micro = split_micro_batches(batch, grad_accum_steps)
       first = jax.tree.map(lambda x: x[0], micro)
       zeros = jax.tree.map(
-          lambda s: jnp.zeros(s.shape, s.dtype),
-          jax.eval_shape(loss_and_grads, params, frozen, first, rng))
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(loss_and_grads, params, frozen, first, rng),
+      )
 
       def body(carry, xs):
         i, mb = xs
         out = loss_and_grads(params, frozen, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, out), None
 
-      (grads, metrics), _ = jax.lax.scan(
-          body, zeros, (jnp.arange(grad_accum_steps), micro))
+      (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
       metrics = jax.tree.map(lambda m: m / grad_accum_steps, metrics)
 
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_state = {
-        "params": optax.apply_updates(params, updates),
-        "opt_state": opt_state,
-        "step": state["step"] + 1,
-        "rng": state["rng"],
+      "params": optax.apply_updates(params, updates),
+      "opt_state": opt_state,
+      "step": state["step"] + 1,
+      "rng": state["rng"],
     }
     metrics["grad_norm"] = optax.global_norm(grads)
     if schedule is not None:
