@@ -75,9 +75,9 @@ def dev_accuracy(model):
 
 def num_params(model):
   from kdjax.models import count_params, params_of
-  from kdjax.recipes import classify
+  from kdjax.models import loading
 
-  return count_params(params_of(classify.load_model(model, head="auto")))
+  return count_params(params_of(loading.load_model(model, head="auto")))
 
 
 def main(argv=None):

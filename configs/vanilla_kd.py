@@ -13,11 +13,10 @@
 ``:arg`` is a comma list of variants (``tiny``) and ``key=value`` pairs (kdjax/config_args.py);
 ``student=`` / ``logits=`` are short for ``student.path=`` / ``logits_saved_path=``.
 
-Student: ``student.path`` + ``init_from_student=True`` (default) starts from that checkpoint;
-with ``init_from_student=False`` the student is random, with the architecture of
-``student.path`` (or ``teacher.path``, read for its config.json / tokenizer only) overridden by
-the ``student.*`` keys. Hyper-parameters left at -1 come from the task's defaults, as in
-configs/finetune.py (max_steps <= 0: num_train_epochs epochs; eval once per epoch).
+Student (kdjax/models/loading.py): ``student.path`` starts from that checkpoint; without it the
+student is random, with the architecture of ``student.config_path`` (default ``teacher.path``,
+read for its config.json / tokenizer only) overridden by the ``student.*`` keys. Hyper-parameters left at -1 come from the task's defaults, as in
+configs/finetune.py (max_steps <= 0: num_train_epochs epochs; dev evaluation every 100 steps).
 """
 
 import ml_collections
@@ -35,7 +34,7 @@ def base_config():
   c.temperature = 5.0  # EasyNLP example: temperature=5
   c.alpha = 0.2  # weight of the teacher (KD) term; EasyNLP example: alpha=0.2
   c.teacher = ml_collections.ConfigDict(dict(path=""))  # only for the student's architecture
-  c.student = student_block(init_from_student=True)
+  c.student = student_block()
   c.tokenizer_path = ""  # default: the student's (or teacher's) directory
   task_schedule(c)
   return c

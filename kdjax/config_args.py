@@ -96,10 +96,13 @@ def optional(kind):
 
 
 def student_block(**defaults) -> ml_collections.ConfigDict:
-  """``student``: a local HF/kdjax ``path`` and/or architecture overrides (HF names) of the
-  base config; None = keep the base value. ``dtype`` is the compute dtype."""
+  """``student`` (meanings: ``kdjax.models.loading``): ``path`` = the weights the student
+  starts from (its architecture fixed by them); else a random student with the architecture of
+  ``config_path`` (default: the teacher's) and the shape overrides (HF names; None = keep the
+  base value). ``dtype`` is the compute dtype, ``seed`` seeds random parts."""
   block = dict(
     path="",
+    config_path="",
     num_hidden_layers=optional(int),
     hidden_size=optional(int),
     num_attention_heads=optional(int),
@@ -116,8 +119,11 @@ def student_block(**defaults) -> ml_collections.ConfigDict:
 def task_schedule(c: ml_collections.ConfigDict) -> None:
   """Keys of the task-level recipes (finetune, tinybert, vanilla_kd), in place. -1 means
   "resolved by the recipe from the task": learning rate, epochs and max_seq_length from the
-  task's table, max_steps = epochs * steps_per_epoch, evaluation and saving once per epoch,
-  warm-up = warmup_proportion * max_steps."""
+  task's table, max_steps = epochs * steps_per_epoch, eval_steps -1 = once per epoch,
+  save_steps -1 = eval_steps, warm-up = warmup_proportion * max_steps. Dev evaluation runs
+  every 100 steps (PaddleNLP's run_clue / the seeds' scripts) and at the end; the best is kept.
+  ``train_file`` replaces the training split with a file in the task's format."""
+  c.train_file = ""
   c.max_seq_length = -1
   c.num_train_epochs = -1.0
   c.learning_rate = -1.0
@@ -128,7 +134,7 @@ def task_schedule(c: ml_collections.ConfigDict) -> None:
   c.warmup_proportion = 0.1
   c.weight_decay = 0.01
   c.max_grad_norm = 1.0
-  c.eval_steps = -1
+  c.eval_steps = 100
   c.save_steps = -1
   c.keep_checkpoints = 1
   c.logging_steps = 50
@@ -142,6 +148,7 @@ def tiny_task_schedule(c: ml_collections.ConfigDict, batch_size: int, epochs: fl
   c.eval_batch_size = 2 * batch_size
   c.learning_rate = 1e-3
   c.num_train_epochs = epochs
+  c.eval_steps = -1  # once per (tiny) epoch
   c.logging_steps = 1
   c.async_checkpoint = False
   c.progress_bar = False

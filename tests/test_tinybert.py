@@ -85,29 +85,50 @@ def _expected_stage1(recipe, params, batch):
   t = teacher(ids, mask, types, capture_layers="all")
   student_params = {k: v for k, v in params.items() if k != "proj"}
   s = recipe.student.bind(student_params)(ids, mask, types, capture_layers="all")
-  W = np.asarray(params["proj"]["kernel"], np.float64)
-  b = np.asarray(params["proj"]["bias"], np.float64)
-  proj = lambda x: np.asarray(x, np.float64) @ W + b
+
+  def proj(name, x):
+    x = np.asarray(x, np.float64)
+    if "proj" not in params:
+      return x
+    p = params["proj"] if "kernel" in params["proj"] else params["proj"][name]
+    return x @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
+
   f64 = lambda x: np.asarray(x, np.float64)
-  emb = _masked_mse(proj(s.embedding_output), f64(t.embedding_output), mask)
+  emb = _masked_mse(proj("embeddings", s.embedding_output), f64(t.embedding_output), mask)
   hid = att = 0.0
   pair = (mask[:, None, :, None] * mask[:, None, None, :]).astype(bool)
   for i, j in enumerate(recipe.layer_map):
-    hid += _masked_mse(proj(s.layers[i].hidden), f64(t.layers[j].hidden), mask)
+    hid += _masked_mse(proj(str(i), s.layers[i].hidden), f64(t.layers[j].hidden), mask)
     ss, ts = f64(s.layers[i].scores), f64(t.layers[j].scores)
     pairs = np.broadcast_to(pair, ss.shape)
     att += float(((ss - ts) ** 2)[pairs].mean())
   return emb, hid, att
 
 
-@pytest.mark.parametrize("layer_map", [(), (0, 2)])
-def test_stage1_loss_matches_numpy(assets, tmp_path, layer_map):
-  c = _tiny(assets, layer_map=layer_map, max_seq_length=24)
+@pytest.mark.parametrize(
+  "layer_map,projection,width",
+  [
+    ((), "shared", 16),
+    ((0, 2), "shared", 16),
+    ((), "per_layer", 16),
+    ((), "none", 32),
+    ((), "shared", 32),
+  ],
+)
+def test_stage1_loss_matches_numpy(assets, tmp_path, layer_map, projection, width):
+  c = _tiny(assets, layer_map=layer_map, max_seq_length=24, projection=projection)
+  c.student.hidden_size = width
   recipe = tinybert.build(c, str(tmp_path))
   assert recipe.layer_map == (layer_map or (1, 3))  # uniform: (i+1)*2 - 1
   assert recipe.teacher_layers[-1] == max(recipe.layer_map)
   params = recipe.init_params(jax.random.key(0))
-  assert params["proj"]["kernel"].shape == (16, 32)
+  if projection == "shared":  # the original's fit_dense: also at equal widths
+    assert params["proj"]["kernel"].shape == (width, 32)
+  elif projection == "per_layer":
+    assert set(params["proj"]) == {"embeddings", "0", "1"}
+    assert params["proj"]["1"]["kernel"].shape == (width, 32)
+  else:
+    assert "proj" not in params
   batch = next(recipe.train_data(0, 1))
   assert batch["attention_mask"].sum(1).min() < 24  # padding is present
   loss, m = jax.jit(recipe.loss_fn)(params, recipe.init_frozen(), batch, None)
@@ -131,6 +152,14 @@ def test_layer_map_and_head_errors(assets, tmp_path):
   c.student.num_attention_heads = 2
   with pytest.raises(ValueError, match="head counts"):
     tinybert.build(c, str(tmp_path))
+  with pytest.raises(ValueError, match="'projection'='none' needs equal widths"):
+    tinybert.build(_tiny(assets, projection="none"), str(tmp_path))
+  with pytest.raises(ValueError, match="'projection'='diagonal' is not one of"):
+    tinybert.build(_tiny(assets, projection="diagonal"), str(tmp_path))
+  c = _tiny(assets)
+  c.student.path = assets["encoder"]  # the weights fix the architecture
+  with pytest.raises(ValueError, match="student.num_hidden_layers"):
+    tinybert.build(c, str(tmp_path))
   # The ':arg' form of a map (strings) is accepted.
   c = _config("tiny,task=sst-2,layer_map=0;3")
   assert tuple(c.layer_map) == ("0", "3")
@@ -147,12 +176,13 @@ def _teacher(path):
 
 
 def test_seed_table_defaults():
+  from kdjax.recipes.task_setup import resolve_task
+
   c = _config("task=sst-2")
-  task = tinybert.classify.get_classification_task(c.task)
-  tinybert.resolve_hparams(c, task)
+  resolve_task(c, "tinybert_intermediate")
   assert (c.max_seq_length, c.num_train_epochs, c.learning_rate) == (64, 20.0, 5e-5)
   c = _config("prediction,task=mnli")
-  tinybert.resolve_hparams(c, tinybert.classify.get_classification_task(c.task))
+  resolve_task(c, "tinybert_prediction")
   assert (c.max_seq_length, c.num_train_epochs, c.learning_rate) == (128, 3.0, 3e-5)
   assert (c.batch_size, c.temperature, c.hard_label_weight) == (32, 1.0, 0.0)
 
@@ -221,7 +251,7 @@ def test_two_stages_end_to_end(assets, tmp_path):
   assert models.head_of(student) == "classification"
   assert student.config.hidden_size == 16
   # The stage-2 workdir is an ordinary student workdir for the evaluation tooling.
-  from kdjax.recipes import classify
+  from kdjax.models import loading
 
-  best = classify.load_model(w2)
+  best = loading.load_model(w2)
   assert models.head_of(best) == "classification"

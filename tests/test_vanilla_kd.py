@@ -10,14 +10,15 @@ from helpers_classification import GLUE, write_tiny_model
 
 from kdjax import evaluate as evaluate_cli
 from kdjax.data.logits_tsv import read_logits_tsv
+from kdjax.data.task import get_classification_task
 from kdjax.data.tasks import load_split
-from kdjax.recipes import classify
+from kdjax.models import native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "configs"))
 import vanilla_kd as kd_config
 
-TASK = classify.get_classification_task("sst-2")
+TASK = get_classification_task("sst-2")
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +142,7 @@ def test_loss_equals_numpy_from_tsv(tmp_path, logits_tsv, teacher_dir):
 
   # Random 1-layer student with the teacher's architecture, no dropout (deterministic loss).
   extra = (
-    "student.init_from_student=false,student.num_hidden_layers=1,student.seed=3,"
+    f"student.path=,student.config_path={teacher_dir},student.num_hidden_layers=1,student.seed=3,"
     "student.hidden_dropout_prob=0.0,student.attention_probs_dropout_prob=0.0,"
     "temperature=2.5,alpha=0.3"
   )
@@ -149,7 +150,7 @@ def test_loss_equals_numpy_from_tsv(tmp_path, logits_tsv, teacher_dir):
   assert (config.temperature, config.alpha) == (2.5, 0.3)
   assert (kd_config.get_config().temperature, kd_config.get_config().alpha) == (5.0, 0.2)
   recipe = vanilla_kd.build(config, str(tmp_path / "probe"))
-  assert recipe.model.config.num_hidden_layers == 1
+  assert recipe.student.config.num_hidden_layers == 1
   params = recipe.init_params(jax.random.key(0))
   batch = next(recipe.train_data(0, 1))
 
@@ -159,7 +160,7 @@ def test_loss_equals_numpy_from_tsv(tmp_path, logits_tsv, teacher_dir):
   t = np.array([[float(x) for x in lines[i].split("\t")[2].split()] for i in order])
   labels = np.array([examples[i].label for i in order])
   np.testing.assert_array_equal(batch["labels"], labels)
-  model = recipe.model.bind(params)
+  model = recipe.student.bind(params)
   s = np.asarray(
     model(
       batch["input_ids"],
@@ -179,7 +180,7 @@ def test_loss_equals_numpy_from_tsv(tmp_path, logits_tsv, teacher_dir):
   run(_kd_config(logits_tsv, teacher_dir, extra), str(wd))
   records = [json.loads(x) for x in open(wd / "metrics.jsonl")]
   assert records[0]["step"] == 1 and records[0]["loss"] == pytest.approx(expected, rel=1e-5)
-  assert classify.best_step(str(wd)) is not None
+  assert native.best_step(str(wd)) is not None
   assert (wd / "export" / "config.json").exists()
 
 
@@ -189,14 +190,14 @@ def test_student_from_checkpoint(tmp_path, logits_tsv, teacher_dir):
 
   config = _kd_config(logits_tsv, teacher_dir, "student.hidden_dropout_prob=0.0")
   recipe = vanilla_kd.build(config, str(tmp_path))
-  assert recipe.model.config.hidden_dropout_prob == 0.0
+  assert recipe.student.config.hidden_dropout_prob == 0.0
   from kdjax import models
 
   ref = P.flatten(P.params_of(models.from_pretrained(teacher_dir)))
-  got = P.flatten(recipe.model.params)
+  got = P.flatten(recipe.student.params)
   for k, v in ref.items():
     np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(v))
-  with pytest.raises(ValueError, match="does not fit"):
+  with pytest.raises(ValueError, match="fixes the architecture"):
     vanilla_kd.build(
       _kd_config(logits_tsv, teacher_dir, "student.hidden_size=16,student.num_attention_heads=2"),
       str(tmp_path / "x"),

@@ -15,6 +15,12 @@ Pure numpy (no jax)::
 
 Features are a dict of equally long numpy arrays (rows = examples); any extra array a caller
 adds (teacher logits, augmentation ids ...) is batched along with the others.
+
+Every encoded feature dict, hence every training and evaluation batch, carries the
+per-example ``weights`` (float32, ``Example.weight``: 1.0 unless the data file has a
+``weight`` column) and ``domain_ids`` (int32, ``Example.domain``: 0 unless it has a
+``domain`` column); see :mod:`kdjax.data.tasks` for the columns. Padding rows of
+:func:`eval_batches` have weight 0 (and domain 0), so weighted sums ignore them.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ def encode_examples(
 
   Returns int32 ``input_ids`` / ``attention_mask`` / ``token_type_ids`` ``[N, L]``
   (``L = max_seq_length``; ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``, pairs truncated
-  longest-first), ``labels`` ``[N]`` and ``example_index`` int32 ``[N]`` (the position in
-  ``examples``, to map predictions back to ids).
+  longest-first), ``labels`` ``[N]``, ``example_index`` int32 ``[N]`` (the position in
+  ``examples``, to map predictions back to ids), ``weights`` float32 ``[N]`` and
+  ``domain_ids`` int32 ``[N]`` (each example's ``weight`` / ``domain``; 1.0 / 0 for objects
+  without those attributes).
 
   ``labels`` is int32 for classification (``None`` -> -1) and float32 for regression
   (``None`` -> nan). ``regression=None`` infers it: float when any label is a non-integral
@@ -73,6 +81,12 @@ def encode_examples(
   else:
     out["labels"] = np.array([-1 if y is None else int(y) for y in labels], np.int32)
   out["example_index"] = np.arange(n, dtype=np.int32)
+  out["weights"] = np.array([float(getattr(ex, "weight", 1.0)) for ex in examples], np.float32)
+  out["domain_ids"] = np.array([int(getattr(ex, "domain", 0)) for ex in examples], np.int32)
+  if n and not (np.all(np.isfinite(out["weights"])) and np.all(out["weights"] >= 0)):
+    bad = int(np.flatnonzero(~(np.isfinite(out["weights"]) & (out["weights"] >= 0)))[0])
+    w = out["weights"][bad]
+    raise ValueError(f"example {bad} of {n}: weight {w} is not a finite number >= 0")
   return out
 
 
@@ -187,8 +201,9 @@ def eval_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
   """Every row once, in order, in batches of exactly ``batch_size`` rows.
 
-  The last batch is padded with all-zero rows; each batch carries ``valid`` (bool
-  ``[batch_size]``, False on padding). Fixed shapes keep one compiled forward.
+  The last batch is padded with all-zero rows (so ``weights`` is 0 and ``domain_ids`` 0 on
+  them); each batch carries ``valid`` (bool ``[batch_size]``, False on padding). Fixed
+  shapes keep one compiled forward.
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")

@@ -3,7 +3,9 @@
 Pure data code: no jax imports.  Official files are read through the
 ``datasets`` library (``json`` builder for CLUE's JSON-lines files, ``csv``
 builder with ``delimiter="\\t"`` and ``quoting=csv.QUOTE_NONE`` for GLUE's
-TSVs) and turned into plain :class:`Example` records::
+TSVs; a JSON file the builder rejects, e.g. a column mixing numbers and text
+next to a blank line, is parsed line by line instead) and turned into plain
+:class:`Example` records::
 
     from kdjax.data.tasks import get_task, load_split
     spec = get_task("afqmc")
@@ -25,15 +27,39 @@ Conventions (shared by every task)
 * Text is passed through unchanged (GLUE SST-2 sentences keep their trailing
   space, quotes are literal characters).
 
-``data_dir`` may be either the task's own folder (``.../glue/SST-2``) or the
-benchmark root (``.../glue``); in the latter case the official folder name
-(``TaskSpec.dir_names``) is appended.
+Optional per-example columns: ``weight`` and ``domain``
+-------------------------------------------------------
+Any file may carry them (CLUE JSON rows: keys ``"weight"`` / ``"domain"``; GLUE
+TSVs with a header line: columns named ``weight`` / ``domain``; headerless
+files such as CoLA train/dev cannot).  ``Example.weight`` is a finite float
+>= 0 (default 1.0; it scales the example's share of the training loss) and
+``Example.domain`` an integer >= 0 (default 0; a domain id, e.g. for
+meta-distillation).  A null / missing / empty value means the default; a
+non-numeric, non-finite or negative weight, or a domain that is not a
+non-negative integer, raises ``ValueError`` naming the file and line.
+
+Files and folders
+-----------------
+``data_dir`` may be either the task's own folder (``.../glue/SST-2``,
+``.../clue/ocnli_public``) or the benchmark root (``.../glue``, ``.../clue``);
+in the latter case the task folder is looked up under its official names
+(``TaskSpec.dir_names``: the bare task name, e.g. ``OCNLI`` / ``ocnli``, and
+the CLUE zip's folder ``ocnli_public``), also one level down
+(``clue/ocnli/ocnli_public``: a zip unpacked into a folder of its own).  CLUE
+file names are those of the official ``<task>_public.zip`` archives (as listed
+by PaddleNLP's ``paddlenlp/datasets/clue.py``): ``train.json`` / ``dev.json`` /
+``test.json`` (+ ``labels.json`` for TNEWS / IFLYTEK, + ``test1.0.json``, the
+CLUE 1.0 test set, for TNEWS), except OCNLI, whose training set is
+``train.50k.json`` (split ``train``; a plain ``train.json``, the OCNLI GitHub
+repository's name, is read when that is what the folder holds) with the 3k
+subset ``train.3k.json`` as split ``train_3k``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,12 +70,13 @@ from typing import Any
 # Only local files are ever read; never let `datasets` try the Hub.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+log = logging.getLogger(__name__)
+
 __all__ = [
   "TASKS",
   "Example",
   "TaskSpec",
   "as_columns",
-  "default_hparams",
   "get_task",
   "load_split",
   "mark_wsc_spans",
@@ -66,12 +93,18 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Example:
-  """One fine-tuning / evaluation record."""
+  """One fine-tuning / evaluation record.
+
+  ``weight`` (>= 0) and ``domain`` (>= 0) come from the optional ``weight`` /
+  ``domain`` columns (see the module docstring); ``Example(id, text_a, text_b,
+  label)`` keeps the defaults."""
 
   id: int | str
   text_a: str
   text_b: str | None
   label: int | float | None
+  weight: float = 1.0
+  domain: int = 0
 
 
 # reader(spec, path, split, cache_dir) -> list[Example]
@@ -84,7 +117,8 @@ class TaskSpec:
 
   ``labels`` is a tuple (immutable, fixed order; index = class id) or
   ``None`` for regression.  ``files`` maps split name -> file name inside the
-  task folder.  ``metrics`` lists the metric names reported by
+  task folder (the official name); ``alt_files`` maps a split to other names
+  accepted when that one is absent (OCNLI train: ``train.json``).  ``metrics`` lists the metric names reported by
   :func:`kdjax.data.task_metrics.compute_metrics`; ``main_metric`` is the one
   used for model selection (also reported under the key ``"main"``).
   """
@@ -98,6 +132,7 @@ class TaskSpec:
   files: Mapping[str, str] = field(hash=False)
   reader: Reader = field(repr=False)
   dir_names: tuple[str, ...] = ()
+  alt_files: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
   drop_labels: frozenset[str] = frozenset()
   eval_splits: tuple[str, ...] = ("dev",)
   # split -> submission file name (CLUE: <task>_predict.json, GLUE: <TASK>.tsv)
@@ -177,8 +212,31 @@ def _physical_line(path: Path, record_index: int, skip_records: int = 0) -> int:
 def _read_jsonl(path: Path, cache_dir: str | None = None) -> tuple[dict[str, list], int]:
   if not _first_lines(path, 1):
     return {}, 0
-  ds = _datasets().load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
+  try:
+    ds = _datasets().load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
+  except Exception as exc:  # e.g. a column mixing numbers and text, plus a blank line
+    log.info("%s: datasets' json builder failed (%r); reading it line by line", path, exc)
+    return _read_jsonl_plain(path)
   return ds.to_dict(), ds.num_rows
+
+
+def _read_jsonl_plain(path: Path) -> tuple[dict[str, list], int]:
+  """JSON lines -> columns without ``datasets`` (keys missing from a row -> None); blank
+  lines are skipped, as the json builder does.  Invalid JSON names the file and line."""
+  rows: list[dict] = []
+  with open(path, encoding="utf-8-sig", newline="") as fh:
+    for lineno, line in enumerate(fh, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}, line {lineno}: invalid JSON ({exc.msg})") from None
+      if not isinstance(row, dict):
+        raise ValueError(f"{path}, line {lineno}: expected a JSON object, got {row!r}")
+      rows.append(row)
+  keys = list(dict.fromkeys(k for row in rows for k in row))
+  return {k: [row.get(k) for row in rows] for k in keys}, len(rows)
 
 
 def _read_tsv(
@@ -259,6 +317,53 @@ def _label_str(value: Any) -> str:
   return str(value).strip()
 
 
+WEIGHT_COLUMN = "weight"
+DOMAIN_COLUMN = "domain"
+
+
+def _is_blank(value: Any) -> bool:
+  return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _parse_weight(value: Any, ctx: _Ctx, i: int) -> float:
+  """A ``weight`` field: a finite number >= 0 (JSON number or numeric text)."""
+  if _is_blank(value):
+    return 1.0
+  w: float | None = None
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    w = float(value)
+  elif isinstance(value, str):
+    try:
+      w = float(value.strip())
+    except ValueError:
+      w = None
+  if w is None or not math.isfinite(w):
+    raise ctx.error(i, f"bad weight {value!r} (expected a finite number >= 0)")
+  if w < 0:
+    raise ctx.error(i, f"negative weight {value!r} (expected a finite number >= 0)")
+  return w
+
+
+def _parse_domain(value: Any, ctx: _Ctx, i: int) -> int:
+  """A ``domain`` field: an integer >= 0 (JSON integer, integral float or digits)."""
+  if _is_blank(value):
+    return 0
+  d: int | None = None
+  if isinstance(value, int) and not isinstance(value, bool):
+    d = value
+  elif isinstance(value, float) and value.is_integer():
+    d = int(value)  # a JSON column mixing ints and floats is read as float64
+  elif isinstance(value, str):
+    t = value.strip()
+    if t.lstrip("+-").isdigit():
+      d = int(t)
+  if d is None:
+    raise ctx.error(i, f"bad domain {value!r} (expected an integer >= 0)")
+  if d < 0:
+    raise ctx.error(i, f"negative domain {value!r} (expected an integer >= 0)")
+  return d
+
+
 def _build_examples(
   spec: TaskSpec,
   path: Path,
@@ -302,6 +407,8 @@ def _build_examples(
   get_a, get_b = getter(text_a), getter(text_b)
   id_col = next((c for c in id_cols if c in cols), None)
   ids = cols[id_col] if id_col is not None else None
+  weights = cols.get(WEIGHT_COLUMN)
+  domains = cols.get(DOMAIN_COLUMN)
   labels = cols.get(label_col) if label_col is not None else None
   label_index = {l: k for k, l in enumerate(spec.labels)} if spec.labels is not None else None
 
@@ -327,7 +434,11 @@ def _build_examples(
           raise ctx.error(i, f"bad label {raw!r}; expected one of {list(spec.labels)}")
         label = label_index[s]
     ex_id = _as_id(ids[i]) if ids is not None and ids[i] is not None else i
-    out.append(Example(id=ex_id, text_a=get_a(i), text_b=get_b(i), label=label))
+    weight = _parse_weight(weights[i], ctx, i) if weights is not None else 1.0
+    domain = _parse_domain(domains[i], ctx, i) if domains is not None else 0
+    out.append(
+      Example(id=ex_id, text_a=get_a(i), text_b=get_b(i), label=label, weight=weight, domain=domain)
+    )
   return out
 
 
@@ -464,9 +575,27 @@ def _csl_keywords(cols: Mapping[str, list], i: int, ctx: _Ctx) -> str:
 # Registry
 # --------------------------------------------------------------------------
 
+# CLUE file and label facts, checked against PaddleNLP's CLUE loader
+# (paddlenlp/datasets/clue.py, Clue.BUILDER_CONFIGS: each task's
+# <task>_public.zip URL, the files inside it and the label list), so that
+# classifier heads converted from Paddle line up class by class:
+#   AFQMC, CSL   ["0", "1"]                         afqmc_public/, csl_public/ {train,dev,test}.json
+#   TNEWS        "100".."116" without 105 and 111   tnews_public/ {train,dev,test,test1.0,labels}.json
+#   IFLYTEK      "0".."118"                         iflytek_public/ {train,dev,test,labels}.json
+#   CMNLI        contradiction, entailment, neutral cmnli_public/ {train,dev,test}.json
+#   OCNLI        entailment, contradiction, neutral ocnli_public/ train.50k.json, dev.json, test.json
+#   CLUEWSC2020  ["true", "false"]                  cluewsc2020_public/ {train,dev,test}.json
+# (PaddleNLP commit 24b1553; older versions listed 16 TNEWS labels, 100..110 + 112..116,
+# i.e. with a never-used "105": such heads have one extra output and do not line up.)
+# The CLUE baselines (CLUEbenchmark/CLUE, baselines/models_pytorch/classifier_pytorch/
+# processors/clue.py) agree except for OCNLI, which they read as train.json with the CMNLI
+# label order; OCNLI's own repository (CLUEbenchmark/OCNLI: README trains on
+# ocnli/train.json; data/ocnli/ also has train.3k.json, train.10k.json) explains the
+# train.json fallback.
 _CLUE_FILES = {"train": "train.json", "dev": "dev.json", "test": "test.json"}
 _GLUE_FILES = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
-_NLI3 = ("contradiction", "entailment", "neutral")  # CLUE baselines & transformers' MNLI order
+_NLI3 = ("contradiction", "entailment", "neutral")  # CMNLI (PaddleNLP, CLUE) & transformers' MNLI
+_OCNLI_LABELS = ("entailment", "contradiction", "neutral")  # PaddleNLP's OCNLI order
 _BIN = ("0", "1")
 
 # TNEWS: 15 classes "100".."116" without 105 and 111 (labels.json order).
@@ -501,7 +630,8 @@ def _make_tasks() -> dict[str, TaskSpec]:
       is_regression=False,
       metrics=("accuracy",),
       main_metric="accuracy",
-      files={**_CLUE_FILES, "labels": "labels.json"},
+      # test.json is the CLUE 1.1 test set, test1.0.json the CLUE 1.0 one (same format)
+      files={**_CLUE_FILES, "test1.0": "test1.0.json", "labels": "labels.json"},
       reader=_json_reader(text_a="sentence"),
       dir_names=("TNEWS", "tnews_public", "tnews"),
       submission_files=_clue_sub("TNEWS"),
@@ -539,11 +669,12 @@ def _make_tasks() -> dict[str, TaskSpec]:
     TaskSpec(
       name="OCNLI",
       benchmark="clue",
-      labels=_NLI3,
+      labels=_OCNLI_LABELS,
       is_regression=False,
       metrics=("accuracy",),
       main_metric="accuracy",
-      files=dict(_CLUE_FILES),
+      files={**_CLUE_FILES, "train": "train.50k.json", "train_3k": "train.3k.json"},
+      alt_files={"train": ("train.json",)},
       reader=_json_reader(text_a="sentence1", text_b="sentence2"),
       dir_names=("OCNLI", "ocnli_public", "ocnli"),
       drop_labels=frozenset({"-"}),
@@ -560,7 +691,7 @@ def _make_tasks() -> dict[str, TaskSpec]:
       main_metric="accuracy",
       files=dict(_CLUE_FILES),
       reader=_json_reader(text_a=_wsc_text, id_cols=("id", "idx")),
-      dir_names=("CLUEWSC2020", "cluewsc2020_public", "cluewsc2020", "WSC"),
+      dir_names=("CLUEWSC2020", "cluewsc2020_public", "cluewsc2020", "WSC", "wsc"),
       submission_files=_clue_sub("CLUEWSC2020"),
       notes="text_a = text with _span1_ and [span2] marked (see mark_wsc_spans); text_b = None; "
       'train/dev id = "idx", test id = "id"',
@@ -731,20 +862,37 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
 # --------------------------------------------------------------------------
 
 
+def _task_folders(spec: TaskSpec, root: Path) -> list[Path]:
+  """Folders that may hold ``spec``'s files, in lookup order: ``root`` itself, then
+  ``root/<dir_name>``, then ``root/<dir_name>/<zip folder>`` (e.g. ``clue/ocnli/ocnli_public``:
+  a ``<task>_public.zip`` unpacked into a folder of its own)."""
+  folders = [root] + [root / d for d in spec.dir_names]
+  zip_dirs = [d for d in spec.dir_names if d.endswith("_public")]
+  folders += [root / d / z for d in spec.dir_names if d not in zip_dirs for z in zip_dirs]
+  return folders
+
+
 def resolve_path(task: str | TaskSpec, data_dir: str | os.PathLike, split: str) -> Path:
-  """Path of ``split``'s file; ``data_dir`` is the task folder or the benchmark root."""
+  """Path of ``split``'s file; ``data_dir`` is the task folder or the benchmark root.
+
+  In each candidate folder (see the module docstring) the official file name is tried
+  first, then the split's ``alt_files`` (OCNLI train: ``train.50k.json``, then
+  ``train.json``).  The error for a missing file lists every path tried."""
   spec = get_task(task)
   if split not in spec.files:
     raise ValueError(f"{spec.name} has no split {split!r}; known splits: {', '.join(spec.files)}")
-  fname = spec.files[split]
+  names = (spec.files[split], *spec.alt_files.get(split, ()))
   root = Path(data_dir)
-  candidates = [root / fname] + [root / d / fname for d in spec.dir_names]
+  candidates = [folder / name for folder in _task_folders(spec, root) for name in names]
   for c in candidates:
     if c.is_file():
+      if c.name != names[0]:
+        log.info("%s (%s): %s is absent; reading %s", spec.name, split, names[0], c)
       return c
+  wanted = " or ".join(names)
   raise FileNotFoundError(
-    f"{spec.name} ({split}): file not found: {root / fname}"
-    f" (also tried {', '.join(str(c) for c in candidates[1:])})"
+    f"{spec.name} ({split}): file not found: {wanted} in {root}"
+    f" (tried {', '.join(str(c) for c in candidates)})"
   )
 
 
@@ -768,45 +916,14 @@ def load_split(
 
 
 def as_columns(examples: Iterable[Example]) -> dict[str, list]:
-  """Columnar view: ``{"id": [...], "text_a": [...], "text_b": [...], "label": [...]}``."""
-  cols: dict[str, list] = {"id": [], "text_a": [], "text_b": [], "label": []}
+  """Columnar view: ``{"id": [...], "text_a": [...], "text_b": [...], "label": [...],
+  "weight": [...], "domain": [...]}``."""
+  keys = ("id", "text_a", "text_b", "label", "weight", "domain")
+  cols: dict[str, list] = {k: [] for k in keys}
   for ex in examples:
-    cols["id"].append(ex.id)
-    cols["text_a"].append(ex.text_a)
-    cols["text_b"].append(ex.text_b)
-    cols["label"].append(ex.label)
+    for k in keys:
+      cols[k].append(getattr(ex, k))
   return cols
-
-
-# --------------------------------------------------------------------------
-# Fine-tuning defaults
-# --------------------------------------------------------------------------
-
-# CLUE per-task defaults (seed table): (learning_rate, epochs, max_seq_length)
-_CLUE_HPARAMS: dict[str, tuple[float, int, int]] = {
-  "AFQMC": (2e-5, 3, 128),
-  "TNEWS": (2e-5, 3, 128),
-  "IFLYTEK": (2e-5, 6, 128),
-  "OCNLI": (3e-5, 6, 128),
-  "CMNLI": (3e-5, 3, 128),
-  "CLUEWSC2020": (1e-5, 50, 128),
-  "CSL": (1e-5, 8, 256),
-}
-_GLUE_HPARAMS = (2e-5, 3, 128)
-
-
-def default_hparams(task: str | TaskSpec) -> dict[str, float | int]:
-  """Fine-tuning defaults: learning_rate, num_train_epochs, max_seq_length,
-  warmup_proportion (0.1) and weight_decay (0.01).  Returns a fresh dict."""
-  spec = get_task(task)
-  lr, epochs, max_len = _CLUE_HPARAMS.get(spec.name, _GLUE_HPARAMS)
-  return {
-    "learning_rate": lr,
-    "num_train_epochs": epochs,
-    "max_seq_length": max_len,
-    "warmup_proportion": 0.1,
-    "weight_decay": 0.01,
-  }
 
 
 # --------------------------------------------------------------------------

@@ -55,8 +55,30 @@ def row_kl(
 
 
 def masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-  """``sum(values * weights) / max(sum(weights), 1)`` in float32 (weights broadcast to values)."""
+  """``sum(values * weights) / sum(weights)`` in float32 (weights broadcast to values; entries
+  with weight 0 never reach the sum, so they may hold inf/nan); 0 when the weights sum to 0."""
   values = values.astype(jnp.float32)
   weights = jnp.broadcast_to(weights.astype(jnp.float32), values.shape)
   total = jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
-  return total / jnp.maximum(jnp.sum(weights), 1.0)
+  denom = jnp.sum(weights)
+  return jnp.where(denom > 0, total / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
+def weighted_mean(per_example: jax.Array, weights: jax.Array | None) -> jax.Array:
+  """``sum_b w_b x_b / sum_b w_b`` over the leading (batch) axis and the mean over any other
+  axes, in float32; the plain mean when ``weights`` is None; 0 when every weight is 0."""
+  x = per_example.astype(jnp.float32)
+  if weights is None:
+    return jnp.mean(x)
+  w = jnp.broadcast_to(
+    weights.astype(jnp.float32).reshape(weights.shape + (1,) * (x.ndim - weights.ndim)), x.shape
+  )
+  total = jnp.sum(jnp.where(w > 0, x * w, 0.0))
+  denom = jnp.sum(w)
+  return jnp.where(denom > 0, total / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
+def example_token_weights(attention_mask: jax.Array, weights: jax.Array | None) -> jax.Array:
+  """float32 ``[B, L]``: the mask with every real token of example b weighted by ``w_b``."""
+  m = attention_mask.astype(jnp.float32)
+  return m if weights is None else m * weights.astype(jnp.float32)[:, None]

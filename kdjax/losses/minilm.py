@@ -1,5 +1,10 @@
 """MiniLMv2 multi-head self-attention relation distillation (+ PP-MiniLM relations).
 
+Argument convention (all of ``kdjax.losses``): the student's arrays first and positional; the
+teacher's arrays keyword-only (``teacher=``); masks, weights and hyper-parameters keyword-only
+(``attention_mask=``, ``num_relation_heads=``, ``alpha=``, ``reduction=``, ...), so a
+teacher/student swap cannot pass silently.
+
 Notation: ``x`` is one of the Q/K/V projections (before the attention-head split)
 of shape ``[B, L, hidden]``. It is regrouped into ``R = num_relation_heads``
 relation heads, ``x[b, i, r, :]`` of width ``d_R = hidden / R`` (teacher and
@@ -9,6 +14,26 @@ matmuls accumulate in float32 (``preferred_element_type``).
 
 Row KL is ``KL(p_t || p_s) = sum_j p_t[j] * (log p_t[j] - log p_s[j])`` with
 masked keys given probability exactly 0 (they contribute exactly 0).
+
+Reductions (``reduction=``):
+
+* ``"kdjax"`` (default): padding is excluded everywhere. Token and head relations average
+  their KL rows over real query tokens only (``mask[b, i] = 1``); the sample relation at
+  position ``i`` only relates samples that are real at ``i`` (padded samples are neither rows
+  nor keys). The value therefore does not depend on how much padding a batch carries (bucketed
+  or max-length padding give the same loss, a short sentence is not diluted by a long one's
+  padded length) and the Q/K/V of padding tokens get exactly zero gradient.
+* ``"reference"``: PaddleNLP's numbers (``paddlenlp/transformers/distill_utils.py``
+  ``calc_multi_relation_loss`` / ``calc_minilm_loss`` as called by the MiniLMv2 and PP-MiniLM
+  ``general_distill.py`` scripts). There the additive mask ``[B, 1, 1, L]`` (-1e4 in
+  PP-MiniLM, -1e9 in MiniLMv2) hides padding *keys* of the token relation (probability 0, as
+  here); for the head relation it is transposed to ``[B, L, 1, 1]`` and for the sample relation
+  to ``[L, 1, B, 1]``, i.e. onto the *query-row* axis, where a constant shift per row leaves
+  the softmax unchanged. So padding query rows (token, head) and padded samples (sample
+  relation, as rows and as keys) are all included. ``KLDivLoss("sum")`` summed over Q, K, V is
+  divided by ``num_relation_heads * padded_seq_len * batch_size``: every term is the plain mean
+  over all ``B * R * L`` rows, padding included. kdjax omits the constant row shift (a
+  mathematical no-op; in float32 it only rounds those rows' logits to ~1e-3).
 """
 
 from __future__ import annotations
@@ -22,6 +47,7 @@ import jax.numpy as jnp
 from kdjax.losses._common import is_static_zero, masked_mean, row_kl
 
 __all__ = [
+  "REDUCTIONS",
   "head_relation_kl",
   "minilm_relation_loss",
   "sample_relation_kl",
@@ -29,8 +55,17 @@ __all__ = [
   "token_relation_kl",
 ]
 
+REDUCTIONS = ("kdjax", "reference")
 
-def split_relation_heads(x: jax.Array, num_relation_heads: int, who: str = "input") -> jax.Array:
+
+def _check_reduction(reduction: str) -> None:
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+
+
+def split_relation_heads(
+  x: jax.Array, *, num_relation_heads: int, who: str = "input"
+) -> jax.Array:
   """Regroup ``[B, L, hidden]`` into ``[B, L, R, hidden // R]``.
 
   Raises ``ValueError`` if ``hidden`` is not divisible by ``R`` (message names
@@ -52,78 +87,110 @@ def _scaled_scores(spec: str, x: jax.Array) -> jax.Array:
   return scores.astype(jnp.float32) / math.sqrt(x.shape[-1])
 
 
+def _relation_kl(spec, student, teacher, key_mask):
+  return row_kl(
+    teacher_logits=_scaled_scores(spec, teacher),
+    student_logits=_scaled_scores(spec, student),
+    key_mask=key_mask,
+  )
+
+
 def token_relation_kl(
-  teacher: jax.Array, student: jax.Array, attention_mask: jax.Array
+  student: jax.Array,
+  *,
+  teacher: jax.Array,
+  attention_mask: jax.Array,
+  reduction: str = "kdjax",
 ) -> jax.Array:
   """Token-token relation KL (MiniLMv2) for one of Q/K/V.
 
   ``A[b, r, i, j] = softmax_j(x[b,i,r] . x[b,j,r] / sqrt(d_R))`` with padding
   keys j (``mask[b, j] = 0``) excluded. Returns the mean of
-  ``KL(A_t[b,r,i,:] || A_s[b,r,i,:])`` over all ``(b, r, i)`` with ``mask[b, i] = 1``.
+  ``KL(A_t[b,r,i,:] || A_s[b,r,i,:])`` over all ``(b, r, i)`` with ``mask[b, i] = 1``
+  (``"kdjax"``) or over all ``(b, r, i)`` (``"reference"``).
   Inputs ``[B, L, R, d_R]`` (d_R may differ between teacher and student); scalar float32.
   """
+  _check_reduction(reduction)
   mask = attention_mask.astype(bool)
-  spec = "bird,bjrd->brij"
-  kl = row_kl(_scaled_scores(spec, teacher), _scaled_scores(spec, student), mask[:, None, None, :])
-  return masked_mean(kl, mask[:, None, :])  # kl: [B, R, L]
+  kl = _relation_kl("bird,bjrd->brij", student, teacher, mask[:, None, None, :])  # [B, R, L]
+  if reduction == "reference":
+    return jnp.mean(kl)
+  return masked_mean(kl, mask[:, None, :])
 
 
 def head_relation_kl(
-  teacher: jax.Array, student: jax.Array, attention_mask: jax.Array
+  student: jax.Array,
+  *,
+  teacher: jax.Array,
+  attention_mask: jax.Array,
+  reduction: str = "kdjax",
 ) -> jax.Array:
   """Head-head relation KL (PP-MiniLM ``alpha`` term) for one of Q/K/V.
 
   ``H[b, i, r, s] = softmax_s(x[b,i,r] . x[b,i,s] / sqrt(d_R))`` (an ``R x R``
   relation per token; no key masking). Returns the mean of
-  ``KL(H_t[b,i,r,:] || H_s[b,i,r,:])`` over all ``(b, i, r)`` with ``mask[b, i] = 1``.
+  ``KL(H_t[b,i,r,:] || H_s[b,i,r,:])`` over all ``(b, i, r)`` with ``mask[b, i] = 1``
+  (``"kdjax"``) or over all ``(b, i, r)`` (``"reference"``).
   """
-  mask = attention_mask.astype(bool)
-  spec = "bird,bisd->birs"
-  kl = row_kl(_scaled_scores(spec, teacher), _scaled_scores(spec, student), None)
-  return masked_mean(kl, mask[:, :, None])  # kl: [B, L, R]
+  _check_reduction(reduction)
+  kl = _relation_kl("bird,bisd->birs", student, teacher, None)  # [B, L, R]
+  if reduction == "reference":
+    return jnp.mean(kl)
+  return masked_mean(kl, attention_mask.astype(bool)[:, :, None])
 
 
 def sample_relation_kl(
-  teacher: jax.Array, student: jax.Array, attention_mask: jax.Array
+  student: jax.Array,
+  *,
+  teacher: jax.Array,
+  attention_mask: jax.Array,
+  reduction: str = "kdjax",
 ) -> jax.Array:
   """Sample-sample relation KL (PP-MiniLM ``beta`` term) for one of Q/K/V.
 
-  ``S[i, r, b, c] = softmax_c(x[b,i,r] . x[c,i,r] / sqrt(d_R))`` (a ``B x B``
-  relation per position and head) with samples c padded at position i
-  (``mask[c, i] = 0``) excluded as keys. Returns the mean of
-  ``KL(S_t[i,r,b,:] || S_s[i,r,b,:])`` over all ``(i, r, b)`` with ``mask[b, i] = 1``;
-  an all-padding position contributes nothing.
+  ``S[i, r, b, c] = softmax_c(x[b,i,r] . x[c,i,r] / sqrt(d_R))`` (a ``B x B`` relation per
+  position and head; the reference's transpose to ``[seq_len, heads, batch, head_dim]``).
+  ``"kdjax"``: samples c padded at position i (``mask[c, i] = 0``) are excluded as keys and
+  the mean of ``KL(S_t[i,r,b,:] || S_s[i,r,b,:])`` runs over all ``(i, r, b)`` with
+  ``mask[b, i] = 1`` (an all-padding position contributes nothing). ``"reference"``: every
+  sample is a key and the mean runs over all ``(i, r, b)``.
   """
+  _check_reduction(reduction)
   mask_t = attention_mask.astype(bool).T  # [L, B]
-  spec = "bird,cird->irbc"
-  kl = row_kl(
-    _scaled_scores(spec, teacher), _scaled_scores(spec, student), mask_t[:, None, None, :]
-  )
-  return masked_mean(kl, mask_t[:, None, :])  # kl: [L, R, B]
+  key_mask = None if reduction == "reference" else mask_t[:, None, None, :]
+  kl = _relation_kl("bird,cird->irbc", student, teacher, key_mask)  # [L, R, B]
+  if reduction == "reference":
+    return jnp.mean(kl)
+  return masked_mean(kl, mask_t[:, None, :])
 
 
 _TERMS = {"token": token_relation_kl, "head": head_relation_kl, "sample": sample_relation_kl}
 
 
 def minilm_relation_loss(
-  teacher_qkv: Sequence[jax.Array],
   student_qkv: Sequence[jax.Array],
+  *,
+  teacher: Sequence[jax.Array],
   attention_mask: jax.Array,
   num_relation_heads: int,
   alpha: float = 0.0,
   beta: float = 0.0,
+  reduction: str = "kdjax",
   return_terms: bool = False,
 ):
   """MiniLMv2 / PP-MiniLM relation distillation loss.
 
   Args:
-    teacher_qkv, student_qkv: ``(q, k, v)`` tuples (any equal, non-zero number
-      of paired tensors is accepted), each ``[B, L, hidden]`` -- projections
-      before the head split; teacher and student ``hidden`` may differ.
+    student_qkv: the student's ``(q, k, v)`` (any non-zero number of tensors is accepted),
+      each ``[B, L, hidden]`` -- projections before the head split.
+    teacher: the teacher's tensors, paired with ``student_qkv`` (same count, same
+      ``[B, L]``; ``hidden`` may differ).
     attention_mask: ``[B, L]``, 1 for real tokens, 0 for padding.
     num_relation_heads: ``R`` (static Python int); each ``hidden`` must be divisible by it.
     alpha, beta: weights of the head-head and sample-sample relations. A term
       whose weight is a static 0 is not computed unless ``return_terms``.
+    reduction: ``"kdjax"`` (padding excluded) or ``"reference"`` (PaddleNLP's averaging over
+      every row, padding included); see the module docstring for the exact difference.
     return_terms: also return the unweighted terms.
 
   Returns:
@@ -132,16 +199,17 @@ def minilm_relation_loss(
     corresponding ``*_relation_kl`` mean. With ``return_terms=True`` returns
     ``(loss, {"token", "head", "sample"})``.
   """
-  if len(teacher_qkv) != len(student_qkv) or not teacher_qkv:
+  _check_reduction(reduction)
+  if len(teacher) != len(student_qkv) or not student_qkv:
     raise ValueError(
-      f"teacher_qkv and student_qkv must be non-empty and of equal length, "
-      f"got {len(teacher_qkv)} and {len(student_qkv)}"
+      f"student_qkv and teacher must be non-empty and of equal length, "
+      f"got {len(student_qkv)} and {len(teacher)}"
     )
   if not isinstance(num_relation_heads, int) or num_relation_heads <= 0:
     raise ValueError(f"num_relation_heads must be a positive int, got {num_relation_heads!r}")
   weights = {"token": 1.0 - alpha - beta, "head": alpha, "sample": beta}
   pairs = []
-  for t, s in zip(teacher_qkv, student_qkv):
+  for s, t in zip(student_qkv, teacher):
     if t.shape[:2] != s.shape[:2] or t.shape[:2] != attention_mask.shape:
       raise ValueError(
         f"teacher {t.shape[:2]}, student {s.shape[:2]} and attention_mask "
@@ -149,8 +217,8 @@ def minilm_relation_loss(
       )
     pairs.append(
       (
-        split_relation_heads(t, num_relation_heads, "teacher"),
-        split_relation_heads(s, num_relation_heads, "student"),
+        split_relation_heads(s, num_relation_heads=num_relation_heads, who="student"),
+        split_relation_heads(t, num_relation_heads=num_relation_heads, who="teacher"),
       )
     )
 
@@ -158,7 +226,9 @@ def minilm_relation_loss(
   for name, fn in _TERMS.items():
     if not return_terms and is_static_zero(weights[name]):
       continue
-    terms[name] = sum(fn(t, s, attention_mask) for t, s in pairs)
+    terms[name] = sum(
+      fn(s, teacher=t, attention_mask=attention_mask, reduction=reduction) for s, t in pairs
+    )
     loss = loss + weights[name] * terms[name]
   loss = jnp.asarray(loss, jnp.float32)
   return (loss, terms) if return_terms else loss

@@ -1,12 +1,17 @@
 """TinyBERT losses: prediction-layer soft cross-entropy, hidden/embedding MSE,
-attention-score MSE and the uniform layer mapping. All math is float32."""
+attention-score MSE and the uniform layer mapping. All math is float32.
+
+Argument convention (all of ``kdjax.losses``): the student's array first and positional, the
+teacher's keyword-only (``teacher_hidden=``, ``teacher_scores=``, ``teacher_logits=``); masks
+and per-example ``weights`` (``[B]``, >= 0) keyword-only.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from kdjax.losses._common import masked_mean
+from kdjax.losses._common import example_token_weights, masked_mean, weighted_mean
 
 __all__ = [
   "attention_mse",
@@ -18,13 +23,19 @@ __all__ = [
 
 
 def soft_cross_entropy(
-  student_logits: jax.Array, teacher_logits: jax.Array, temperature: float = 1.0
+  student_logits: jax.Array,
+  *,
+  teacher_logits: jax.Array,
+  temperature: float = 1.0,
+  weights: jax.Array | None = None,
 ) -> jax.Array:
   """Soft-target cross-entropy (TinyBERT prediction-layer loss).
 
-  ``mean_b [ -sum_c softmax(t_b / T)_c * log_softmax(s_b / T)_c ]``.
-  Shapes ``[B, C]`` (any leading dims are averaged like the batch); returns a
-  float32 scalar. No ``T^2`` factor (as in TinyBERT).
+  ``l_b = -sum_c softmax(t_b / T)_c * log_softmax(s_b / T)_c`` over ``[B, C]`` logits,
+  reduced by the ``weights``-weighted mean over the batch (``sum_b w_b l_b / sum_b w_b``; the
+  plain mean when ``weights`` is None). Any extra leading dims are averaged like the batch.
+  No ``T^2`` factor (as in TinyBERT's ``soft_cross_entropy``, which also averages over the
+  batch).
   """
   if student_logits.shape != teacher_logits.shape:
     raise ValueError(
@@ -32,20 +43,26 @@ def soft_cross_entropy(
     )
   p_t = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
   logp_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
-  return jnp.mean(-jnp.sum(p_t * logp_s, axis=-1))
+  return weighted_mean(-jnp.sum(p_t * logp_s, axis=-1), weights)
 
 
 def hidden_mse(
-  student_hidden: jax.Array, teacher_hidden: jax.Array, attention_mask: jax.Array | None = None
+  student_hidden: jax.Array,
+  *,
+  teacher_hidden: jax.Array,
+  attention_mask: jax.Array | None = None,
+  weights: jax.Array | None = None,
 ) -> jax.Array:
   """Mean squared error between hidden states ``[B, L, H]`` (float32 scalar).
 
-  Without a mask: mean of ``(s - t)^2`` over all ``B * L * H`` elements. With
-  ``attention_mask`` ``[B, L]`` (1 = real token): ``sum over real tokens and all H
-  of (s - t)^2`` divided by ``(number of real tokens * H)``.
+  ``sum_{b,t,h} w_b m_bt (s - t)^2 / (H * sum_{b,t} w_b m_bt)``: every real token (``m``
+  = ``attention_mask``, 1 = real; all tokens when None) of example b weighted by its
+  per-example weight ``w_b`` (1 when ``weights`` is None, which gives the mean over real
+  tokens and all H). TinyBERT's reference averages over every position, padding included;
+  kdjax excludes padding so that the loss does not depend on how much padding a batch has.
 
-  Widths must match: when the student is narrower, the caller applies the
-  learned projection ``W_h`` (it lives in the recipe, not here) before calling.
+  Widths must match: when they differ, the caller applies the learned projection ``W_h``
+  (it lives in the recipe, not here) before calling.
   """
   if student_hidden.shape != teacher_hidden.shape:
     raise ValueError(
@@ -54,24 +71,41 @@ def hidden_mse(
     )
   sq = jnp.square(student_hidden.astype(jnp.float32) - teacher_hidden.astype(jnp.float32))
   if attention_mask is None:
-    return jnp.mean(sq)
-  return masked_mean(sq, attention_mask[..., None])
+    return weighted_mean(sq, weights)
+  return masked_mean(sq, example_token_weights(attention_mask, weights)[..., None])
 
 
-#: Embedding-layer loss of TinyBERT: identical to :func:`hidden_mse` applied to
-#: the embedding outputs ``[B, L, H]`` (student projected by the caller).
-embedding_mse = hidden_mse
+def embedding_mse(
+  student_embeddings: jax.Array,
+  *,
+  teacher_embeddings: jax.Array,
+  attention_mask: jax.Array | None = None,
+  weights: jax.Array | None = None,
+) -> jax.Array:
+  """TinyBERT's embedding-layer loss: :func:`hidden_mse` of the embedding outputs
+  ``[B, L, H]`` (student projected by the caller), same reduction."""
+  return hidden_mse(
+    student_embeddings,
+    teacher_hidden=teacher_embeddings,
+    attention_mask=attention_mask,
+    weights=weights,
+  )
 
 
 def attention_mse(
-  student_scores: jax.Array, teacher_scores: jax.Array, attention_mask: jax.Array
+  student_scores: jax.Array,
+  *,
+  teacher_scores: jax.Array,
+  attention_mask: jax.Array,
+  weights: jax.Array | None = None,
 ) -> jax.Array:
   """MSE between pre-softmax attention scores ``[B, heads, L, L]`` (float32 scalar).
 
-  Scores already include the additive mask (padded keys hold very negative
-  values). Pairs where the query *or* key is padding are excluded (TinyBERT's
-  reference zeroes them instead): mean of ``(s - t)^2`` over all ``(b, h, i, j)``
-  with ``mask[b, i] = 1`` and ``mask[b, j] = 1``. Head counts must match.
+  Scores already include the additive mask (padded keys hold very negative values). Pairs
+  where the query *or* key is padding are excluded (TinyBERT's reference zeroes scores below
+  -100 and averages over every pair instead, so its value depends on the padding): the mean
+  of ``(s - t)^2`` over all ``(b, h, i, j)`` with ``mask[b, i] = mask[b, j] = 1``, each pair
+  of example b weighted by ``w_b`` (``weights``; 1 when None). Head counts must match.
   """
   if student_scores.shape[1] != teacher_scores.shape[1]:
     raise ValueError(
@@ -87,7 +121,10 @@ def attention_mse(
   # Zero excluded entries *before* subtracting so huge mask values never reach the square.
   s = jnp.where(pair, student_scores.astype(jnp.float32), 0.0)
   t = jnp.where(pair, teacher_scores.astype(jnp.float32), 0.0)
-  return masked_mean(jnp.square(s - t), pair)
+  w = pair.astype(jnp.float32)
+  if weights is not None:
+    w = w * weights.astype(jnp.float32)[:, None, None, None]
+  return masked_mean(jnp.square(s - t), w)
 
 
 def uniform_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[int]:

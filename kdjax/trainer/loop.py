@@ -184,7 +184,7 @@ class Trainer:
       async_save=cfg.async_checkpoint,
     )
     best = None
-    if cfg.keep_best and cfg.eval_steps and hasattr(recipe, "evaluate"):
+    if cfg.keep_best and cfg.eval_steps and callable(getattr(recipe, "evaluate", None)):
       best = checkpoint_lib.BestCheckpointer(os.path.join(self.workdir, "best"))
 
     logging.info(
@@ -250,7 +250,7 @@ class Trainer:
         if _is_due(step, cfg.logging_steps) or last:
           logger.write(step)
         if (
-          cfg.eval_steps and hasattr(recipe, "evaluate") and (_is_due(step, cfg.eval_steps) or last)
+          cfg.eval_steps and callable(getattr(recipe, "evaluate", None)) and (_is_due(step, cfg.eval_steps) or last)
         ):
           best_score = self._evaluate(state, frozen, step, logger, best, best_score)
         preempted = ckpt.reached_preemption(step)
