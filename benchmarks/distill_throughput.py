@@ -33,7 +33,7 @@ import numpy as np
 
 from kdjax import models
 from kdjax.data import Tokenizer
-from kdjax.recipes import common
+from kdjax.models.loading import ModelHandle
 from kdjax.recipes.general_distill import GeneralDistill
 from kdjax.trainer import Trainer
 from kdjax.trainer.metrics import peak_flops_per_device
@@ -82,7 +82,7 @@ def _config(shape, teacher_dtype):
   c = default_trainer_config()
   c.recipe = "general_distill"
   c.teacher = ml_collections.ConfigDict(dict(path="", dtype=teacher_dtype))
-  c.student = ml_collections.ConfigDict(dict(init_from_student=False))
+  c.student = ml_collections.ConfigDict(dict(path="", config_path=""))
   c.num_relation_heads = shape["relation_heads"]
   c.teacher_layer_index = shape["teacher"][0] - 1
   c.student_layer_index = shape["student"][0] - 1
@@ -124,10 +124,10 @@ def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32")
       )
       + "\n"
     )
-  teacher = common.ModelHandle(
+  teacher = ModelHandle(
     models.create_model(_cfg(shape["teacher"], shape["vocab"], teacher_dtype), "none", seed=0)
   )
-  student = common.ModelHandle(
+  student = ModelHandle(
     models.create_model(
       _cfg(shape["student"], shape["vocab"], student_dtype), "none", seed=1, add_pooling_layer=False
     )

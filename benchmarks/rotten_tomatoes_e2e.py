@@ -74,8 +74,7 @@ def dev_accuracy(model):
 
 
 def num_params(model):
-  from kdjax.models import count_params, params_of
-  from kdjax.models import loading
+  from kdjax.models import count_params, loading, params_of
 
   return count_params(params_of(loading.load_model(model, head="auto")))
 

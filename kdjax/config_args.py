@@ -107,6 +107,7 @@ def student_block(**defaults) -> ml_collections.ConfigDict:
     hidden_size=optional(int),
     num_attention_heads=optional(int),
     intermediate_size=optional(int),
+    hidden_act=optional(str),
     hidden_dropout_prob=optional(float),
     attention_probs_dropout_prob=optional(float),
     dtype="float32",

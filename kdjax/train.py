@@ -36,6 +36,12 @@ _WORKDIR = flags.DEFINE_string(
   "already holds checkpoints).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
+_VERBOSE = flags.DEFINE_bool(
+  "verbose", False, "On an error, print the full traceback (default: one line naming the cause)."
+)
+
+# Errors a user can cause (bad config values, paths, data files, a diverged run): one line.
+USER_ERRORS = (ValueError, OSError, KeyError, RuntimeError)
 
 
 def run(config, workdir: str):
@@ -44,6 +50,9 @@ def run(config, workdir: str):
   from kdjax.trainer import Trainer, maybe_initialize_distributed
 
   maybe_initialize_distributed()
+  from kdjax.trainer.config import resolve_batch_size
+
+  resolve_batch_size(config)  # per_device_batch_size -> global batch_size, before any reader
   import jax
 
   os.makedirs(workdir, exist_ok=True)
@@ -98,7 +107,21 @@ def cli(main_fn=None, doc: str | None = None):
     if main_fn is not None:  # another module's main: its own flags too
       print(flags.FLAGS.main_module_help())
     sys.exit(0)
-  app.run(main_fn or main, flags_parser=_parse_flags)
+  app.run(_one_line_errors(main_fn or main), flags_parser=_parse_flags)
+
+
+def _one_line_errors(main_fn):
+  def wrapped(argv):
+    try:
+      return main_fn(argv)
+    except USER_ERRORS as e:
+      if _VERBOSE.value:
+        raise
+      msg = str(e).strip().strip("\"'") if isinstance(e, KeyError) else str(e).strip()
+      print(f"error: {type(e).__name__}: {msg}  (--verbose: the traceback)", file=sys.stderr)
+      sys.exit(2 if not isinstance(e, RuntimeError) else 1)
+
+  return wrapped
 
 
 if __name__ == "__main__":

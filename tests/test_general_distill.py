@@ -107,9 +107,12 @@ def test_ppminilm_terms_logged(assets, tmp_path, monkeypatch):
   c = _config("ppminilm", "tiny")
   c.teacher.path, c.input_dir = assets
   c.alpha, c.beta, c.max_steps, c.save_steps = 0.2, 0.3, 4, 2
+  c.per_device_batch_size, c.batch_size = 4, 0  # run() resolves the global batch first
   monkeypatch.chdir(tmp_path)
   run(c, "pp")  # a relative workdir (orbax itself wants absolute paths)
   assert (tmp_path / "pp" / "checkpoints" / "4").is_dir()
+  with open(tmp_path / "pp" / "config.json") as f:
+    assert json.load(f)["batch_size"] == 4 * jax.device_count()
   rows = _metrics(str(tmp_path / "pp"))
   last = [r for r in rows if "loss" in r][-1]
   assert {"token_relation", "head_relation", "sample_relation"} <= set(last)
@@ -133,6 +136,140 @@ def test_config_errors(assets, tmp_path):
   c = _tiny(assets, input_dir=str(tmp_path / "missing"))
   with pytest.raises((FileNotFoundError, ValueError), match="input_dir"):
     GeneralDistill(c, str(tmp_path)).train_data(0, 1)
+
+
+def _padded_batch(tok, lengths, seq=12):
+  rng = np.random.default_rng(3)
+  ids = np.zeros((len(lengths), seq), np.int32)
+  for b, n in enumerate(lengths):
+    ids[b, :n] = rng.integers(5, tok.vocab_size, size=n)
+  mask = (ids > 0).astype(np.int32)
+  return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def test_relation_reduction_reaches_the_loss(assets, tmp_path):
+  from kdjax.losses import minilm_relation_loss
+  from kdjax.recipes.general_distill import GeneralDistill
+
+  assert _config("minilmv2", None).relation_reduction == "kdjax"
+  assert _config("ppminilm", None).relation_reduction == "kdjax"
+  kw = dict(alpha=0.2, beta=0.3)
+  mine = GeneralDistill(_tiny(assets, **kw), None)
+  ref = GeneralDistill(_tiny(assets, relation_reduction="reference", **kw), None)
+  params, frozen = mine.student.params, mine.teacher.params
+  rng = jax.random.key(0)
+  padded = _padded_batch(mine.tokenizer, [12, 7, 4, 9])
+  full = _padded_batch(mine.tokenizer, [12, 12, 12, 12])
+  a, _ = mine.loss_fn(params, frozen, padded, rng)
+  b, _ = ref.loss_fn(params, frozen, padded, rng)
+  assert abs(float(a) - float(b)) > 1e-4 * abs(float(a))  # padding counts in the reference
+  a, _ = mine.loss_fn(params, frozen, full, rng)
+  b, _ = ref.loss_fn(params, frozen, full, rng)
+  np.testing.assert_allclose(float(a), float(b), rtol=1e-5)  # ... and only padding
+  # The recipe's value is minilm_relation_loss(reduction="reference") on the layers' Q/K/V.
+  t = mine.teacher.bind(frozen)(
+    padded["input_ids"], padded["attention_mask"], padded["token_type_ids"], capture_layers=[2]
+  )
+  s = mine.student.bind(params)(
+    padded["input_ids"],
+    padded["attention_mask"],
+    padded["token_type_ids"],
+    capture_layers=[1],
+    deterministic=False,
+    dropout_rng=rng,
+  )
+  qkv = lambda x: (x.q, x.k, x.v)
+  expected = minilm_relation_loss(
+    qkv(s.layers[1]),
+    teacher=qkv(t.layers[2]),
+    attention_mask=padded["attention_mask"],
+    num_relation_heads=4,
+    reduction="reference",
+    **kw,
+  )
+  b, _ = ref.loss_fn(params, frozen, padded, rng)
+  np.testing.assert_allclose(float(b), float(expected), rtol=1e-5)
+  with pytest.raises(ValueError, match="'relation_reduction'='mean'.*kdjax, reference"):
+    GeneralDistill(_tiny(assets, relation_reduction="mean"), None)
+
+
+def test_student_hidden_act_override_reaches_student_and_export(assets, tmp_path):
+  from kdjax.recipes.general_distill import GeneralDistill
+
+  c = _tiny(assets)
+  c.student.hidden_act = "relu"
+  recipe = GeneralDistill(c, None)
+  assert recipe.student.config.hidden_act == "relu"
+  assert recipe.teacher.config.hidden_act == "gelu"
+  recipe.export(recipe.student.params, str(tmp_path / "export"))
+  with open(tmp_path / "export" / "config.json") as f:
+    assert json.load(f)["hidden_act"] == "relu"
+  assert models.from_pretrained(str(tmp_path / "export")).config.hidden_act == "relu"
+
+
+def test_student_path_and_config_path(assets, tmp_path):
+  """The seed's --init_from_student True = student.path (weights); False = config_path."""
+  from kdjax.recipes.general_distill import GeneralDistill
+
+  c = _config("minilmv2", "tiny")
+  c.teacher.path, c.input_dir = assets
+  c.student.config_path, c.student.num_hidden_layers = c.teacher.path, None
+  c.student_layer_index = 2
+  random_init = GeneralDistill(c, None)
+  assert random_init.initial_params() is None
+  assert random_init.student.config.num_hidden_layers == 3
+  c.student.config_path, c.student.path = "", c.teacher.path
+  loaded = GeneralDistill(c, None)
+  values = loaded.initial_params()
+  assert values is not None
+  for x, y in zip(jax.tree.leaves(values), jax.tree.leaves(loaded.teacher.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# PP-MiniLM students as pp-minilm/general_distill/general_distill.py (PaddleNLP) builds them:
+# PPMiniLMModel(vocab_size=tokenizer.vocab_size, num_hidden_layers=..., hidden_act="relu",
+# hidden_size=..., intermediate_size=..., [num_attention_heads=16 for 4 layers]); run.sh:
+# teacher roberta-wwm-ext-large, teacher_layer_index 19, student_layer_index 5, numH 64. The
+# 2-layer branch passes no head count (default 12 does not divide 128): kdjax uses 8.
+PPMINILM_STUDENTS = {
+  6: dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072),
+  4: dict(hidden_size=256, num_attention_heads=16, intermediate_size=1024),
+  2: dict(hidden_size=128, num_attention_heads=8, intermediate_size=512),
+}
+
+
+@pytest.mark.parametrize("layers", [6, 4, 2])
+def test_ppminilm_student_presets(layers):
+  from kdjax.models.loading import ARCH_KEYS
+
+  arg = None if layers == 6 else f"layers={layers}"
+  c = _config("ppminilm", arg)
+  # roberta-wwm-ext-large (hfl/chinese-roberta-wwm-ext-large config.json: a BERT model).
+  teacher = models.BertConfig(
+    vocab_size=21128,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+  )
+  overrides = {k: c.student[k] for k in ARCH_KEYS if c.student.get(k) is not None}
+  student = teacher.replace(**overrides)  # what loading.build_student resolves
+  want = dict(num_hidden_layers=layers, hidden_act="relu", **PPMINILM_STUDENTS[layers])
+  assert {k: getattr(student, k) for k in want} == want
+  assert student.vocab_size == 21128 and student.max_position_embeddings == 512
+  assert student.type_vocab_size == 2  # PPMiniLMModel's default = the teacher's
+  assert (c.teacher_layer_index, c.student_layer_index) == (19, layers - 1)
+  assert c.num_relation_heads == 64
+  assert student.hidden_size % c.num_relation_heads == 0
+  assert teacher.hidden_size % c.num_relation_heads == 0
+  assert (c.alpha, c.beta, c.max_steps, c.learning_rate) == (0.0, 0.0, 400000, 6e-4)
+
+
+def test_ppminilm_layers_arg_errors():
+  with pytest.raises(ValueError, match="layers must be 2, 4 or 6"):
+    _config("ppminilm", "layers=3")
+  with pytest.raises(ValueError, match="layers= applies to the seed's setting"):
+    _config("ppminilm", "tiny,layers=4")
 
 
 def _cli(args, **popen):

@@ -281,6 +281,28 @@ def test_minilm_zero_weight_terms_are_not_computed(qkv_pair):
   assert count_dots(return_terms=True) == 18
 
 
+def test_minilm_teacher_and_hyper_parameters_are_keyword_only(qkv_pair):
+  """The convention: student positional, teacher / mask / hyper-parameters keyword-only."""
+  from kdjax.losses import head_relation_kl, sample_relation_kl, token_relation_kl
+
+  teacher, student = qkv_pair
+  mask = jnp.asarray(MASK)
+  with pytest.raises(TypeError):
+    minilm_relation_loss(student, teacher, mask, 4)  # the old (teacher, student, ...) order
+  with pytest.raises(TypeError):
+    minilm_relation_loss(student, teacher=teacher, attention_mask=mask)  # R is required
+  s = jnp.asarray(student[0]).reshape(3, 6, 4, -1)
+  t = jnp.asarray(teacher[0]).reshape(3, 6, 4, -1)
+  for fn in (token_relation_kl, head_relation_kl, sample_relation_kl):
+    with pytest.raises(TypeError):
+      fn(s, t, mask)
+    assert np.isfinite(float(fn(s, teacher=t, attention_mask=mask)))
+  # Swapping the roles changes the value (KL is not symmetric): the names are the contract.
+  a = loss_of(student, teacher, mask, 4)
+  b = minilm_relation_loss(teacher, teacher=student, attention_mask=mask, num_relation_heads=4)
+  assert abs(float(a) - float(b)) > 1e-4
+
+
 # ----------------------------------------------------------------------------- TinyBERT
 
 

@@ -330,3 +330,60 @@ def test_error_layer_index_out_of_range():
     model(ids, capture_layers=[5])
   with pytest.raises(ValueError, match="stop_at_layer.*out of range"):
     model(ids, stop_at_layer=2)
+
+
+# ----------------------------------------------------------------------------- hidden_act
+def test_every_supported_activation_matches_transformers():
+  from transformers.activations import ACT2FN
+
+  from kdjax.models.bert import ACTIVATIONS
+  from kdjax.models.config import SUPPORTED_ACTIVATIONS
+
+  assert set(ACTIVATIONS) == set(SUPPORTED_ACTIVATIONS)
+  x = np.linspace(-12.0, 12.0, 481, dtype=np.float32)
+  for name in SUPPORTED_ACTIVATIONS:
+    with torch.no_grad():
+      ref = ACT2FN[name](torch.tensor(x)).numpy()
+    np.testing.assert_allclose(np.asarray(ACTIVATIONS[name](jnp.asarray(x))), ref, atol=2e-6)
+  with pytest.raises(ValueError, match="unsupported hidden_act 'gelu_nope'"):
+    models.BertConfig(hidden_act="gelu_nope")
+
+
+def test_relu_student_matches_transformers_and_exports_relu(tmp_path):
+  """A kdjax-initialised relu encoder == HF BertModel(hidden_act="relu") on its export, and
+  config.json round-trips the activation (kdjax -> HF -> kdjax)."""
+  cfg = models.BertConfig(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+    hidden_act="relu",
+  )
+  model = models.create_model(cfg, "none", seed=5)
+  out_dir = str(tmp_path / "relu")
+  models.save_pretrained(model, out_dir)
+  with open(os.path.join(out_dir, "config.json")) as f:
+    assert json.load(f)["hidden_act"] == "relu"
+  hf = transformers.BertModel.from_pretrained(out_dir, attn_implementation="eager").eval()
+  assert hf.config.hidden_act == "relu"
+  ids, mask, types = _inputs()
+  ref = _torch_out(hf, ids, mask, types)
+  out = model(ids, attention_mask=mask, token_type_ids=types, capture_layers="all")
+  for mine, theirs in zip(out.hidden_states, ref.hidden_states):
+    assert _maxdiff(mine, theirs) <= TOL
+  # The same weights under gelu are a different function (the activation really is used).
+  gelu = models.bind(*_split_with(model, cfg.replace(hidden_act="gelu")))
+  assert _maxdiff(gelu(ids, attention_mask=mask).last_hidden_state, out.last_hidden_state) > 1e-3
+  again = models.from_pretrained(out_dir)
+  assert again.config.hidden_act == "relu"
+  np.testing.assert_array_equal(
+    again(ids, attention_mask=mask, token_type_ids=types).last_hidden_state,
+    out.last_hidden_state,
+  )
+
+
+def _split_with(model, cfg):
+  skeleton, _ = models.split(models.create_model(cfg, "none", seed=0))
+  return skeleton, models.split(model)[1]

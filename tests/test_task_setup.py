@@ -125,3 +125,78 @@ def test_tinybert_prediction_regression_target(tmp_path, models_dir, target):
   c.regression_target = "scores"
   with pytest.raises(ValueError, match="'regression_target'='scores'"):
     tinybert.build(c, str(tmp_path))
+
+
+def _with_vocab(src, dst, edit):
+  import shutil
+
+  shutil.copytree(src, dst)
+  path = os.path.join(dst, "vocab.txt")
+  with open(path, encoding="utf-8") as f:
+    tokens = f.read().split("\n")[:-1]
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(edit(tokens)) + "\n")
+  for extra in ("tokenizer.json",):  # vocab.txt is the one read; keep them consistent
+    if os.path.exists(os.path.join(dst, extra)):
+      os.remove(os.path.join(dst, extra))
+  return str(dst)
+
+
+@pytest.mark.parametrize(
+  "edit,message",
+  [
+    (lambda t: t[:5] + [t[6], t[5]] + t[7:], "token id 5 is"),
+    (lambda t: t + ["extra"], "vocabulary size differs"),
+  ],
+)
+def test_teacher_and_student_tokenizers_must_agree(tmp_path, models_dir, edit, message):
+  student = _with_vocab(models_dir["encoder"], tmp_path / "student", edit)
+  c = _config("tinybert", f"tiny,prediction,task=sst-2,data_dir={GLUE}")
+  c.teacher.path = models_dir["sst2"]
+  c.student.path = student
+  with pytest.raises(ValueError) as e:
+    tinybert.build(c, str(tmp_path / "wd"))
+  msg = str(e.value)
+  assert message in msg and "the student and teacher tokenizers differ" in msg
+  assert os.path.join(student, "vocab.txt") in msg
+  assert os.path.join(models_dir["sst2"], "vocab.txt") in msg
+
+
+def test_tokenizer_larger_than_the_model_vocab_is_an_error(tmp_path, models_dir):
+  big = _with_vocab(models_dir["sst2"], tmp_path / "big", lambda t: t + ["x1", "x2"])
+  c = _config("finetune", f"tiny,task=sst-2,model={big},data_dir={GLUE}")
+  with pytest.raises(ValueError, match="token ids would fall outside its embeddings"):
+    finetune.build(c, str(tmp_path / "wd"))
+
+
+def test_models_record_their_task_labels_and_evaluate_checks_them(tmp_path, models_dir, capsys):
+  from kdjax import evaluate as evaluate_cli
+  from kdjax import models
+  from kdjax.models import loading
+
+  c = _config("finetune", f"tiny,task=rte,model={models_dir['sst2']},data_dir={GLUE}")
+  recipe = finetune.build(c, str(tmp_path / "wd"))
+  assert loading.trained_labels(recipe.student.config) == ("entailment", "not_entailment")
+  recipe.export(recipe.student.params, str(tmp_path / "rte"))
+  cfg = json.loads((tmp_path / "rte" / "config.json").read_text())
+  assert cfg["id2label"] == {"0": "entailment", "1": "not_entailment"}
+  # An RTE model scored on SST-2 is refused (both have 2 labels: the names tell them apart).
+  rc = evaluate_cli.main(
+    [
+      "--model",
+      str(tmp_path / "rte"),
+      "--task",
+      "sst-2",
+      "--data_dir",
+      GLUE,
+      "--output_dir",
+      str(tmp_path / "out"),
+      "--max_seq_length",
+      "16",
+    ]
+  )
+  err = capsys.readouterr().err
+  assert rc == 2 and "trained for the labels ['entailment', 'not_entailment']" in err, err
+  # Models that record no names (LABEL_0, ...) are not refused.
+  plain = models.from_pretrained(models_dir["sst2"])
+  assert loading.trained_labels(plain.config) is None

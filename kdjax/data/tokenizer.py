@@ -438,3 +438,54 @@ class Tokenizer:
       json.dump(special_map, f, indent=2, ensure_ascii=False)
       f.write("\n")
     return directory
+
+
+def tokenizer_difference(a: Tokenizer, b: Tokenizer) -> str | None:
+  """The first difference between two tokenizers that would make the same text give other
+  ids (vocabulary size or contents, lower-casing, accent stripping, Chinese-character
+  splitting, special tokens), as a short phrase; None when they tokenize alike."""
+  for what, x, y in (
+    ("lower-casing", a.lowercase, b.lowercase),
+    ("accent stripping", a.strip_accents, b.strip_accents),
+    ("Chinese-character splitting", a.tokenize_chinese_chars, b.tokenize_chinese_chars),
+  ):
+    if x != y:
+      return f"{what} differs ({x} vs {y})"
+  for token in SPECIAL_TOKENS:
+    ia, ib = a.get_vocab().get(token), b.get_vocab().get(token)
+    if ia != ib:
+      return f"special token {token} has id {ia} vs {ib}"
+  va, vb = a.get_vocab(), b.get_vocab()
+  if len(va) != len(vb):
+    return f"vocabulary size differs ({len(va)} vs {len(vb)} tokens)"
+  ta = sorted(va, key=va.get)
+  tb = sorted(vb, key=vb.get)
+  for i, (x, y) in enumerate(zip(ta, tb)):
+    if x != y:
+      return f"token id {i} is {x!r} vs {y!r}"
+  return None
+
+
+def check_same_tokenizer(named: dict[str, str | None]) -> None:
+  """Raises ValueError when the tokenizer directories in ``named`` (label -> directory; None
+  entries are skipped) would tokenize differently, naming both and the first difference."""
+  items = [(k, v) for k, v in named.items() if v]
+  if len(items) < 2:
+    return
+  (ref_name, ref_dir), ref = items[0], Tokenizer.from_dir(items[0][1])
+  for name, d in items[1:]:
+    if os.path.abspath(d) == os.path.abspath(ref_dir):
+      continue
+    diff = tokenizer_difference(ref, Tokenizer.from_dir(d))
+    if diff:
+      raise ValueError(
+        f"the {ref_name} and {name} tokenizers differ: {diff} ({_vocab_file(ref_dir)} vs "
+        f"{_vocab_file(d)}); teacher and student must read the same token ids"
+      )
+
+
+def _vocab_file(d: str) -> str:
+  for f in (VOCAB_FILE, TOKENIZER_FILE):
+    if os.path.isfile(os.path.join(d, f)):
+      return os.path.join(d, f)
+  return d

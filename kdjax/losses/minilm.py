@@ -63,9 +63,7 @@ def _check_reduction(reduction: str) -> None:
     raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
 
 
-def split_relation_heads(
-  x: jax.Array, *, num_relation_heads: int, who: str = "input"
-) -> jax.Array:
+def split_relation_heads(x: jax.Array, *, num_relation_heads: int, who: str = "input") -> jax.Array:
   """Regroup ``[B, L, hidden]`` into ``[B, L, R, hidden // R]``.
 
   Raises ``ValueError`` if ``hidden`` is not divisible by ``R`` (message names

@@ -1,8 +1,9 @@
 """Flax NNX BERT / RoBERTa encoder that exposes its attention internals.
 
 Layout and numerics follow Hugging Face ``BertModel`` / ``RobertaModel``
-(post-LayerNorm, exact-erf GELU, absolute positions; RoBERTa numbers positions
-from ``pad_token_id + 1`` and has a single token type). A forward pass returns a
+(post-LayerNorm, absolute positions, the feed-forward activation named by ``hidden_act``
+with HF's meaning: ``ACTIVATIONS``, e.g. exact-erf "gelu", "gelu_new", "relu"; RoBERTa
+numbers positions from ``pad_token_id + 1`` and has a single token type). A forward pass returns a
 :class:`BertOutput` pytree. Callers choose which layers to *capture*
 (Q/K/V before the head split, pre-softmax scores, probabilities, the layer's
 hidden state) and the deepest layer to *run* (``stop_at_layer``), so a frozen
@@ -66,16 +67,46 @@ def _compute_dtype(config: BertConfig):
   return jnp.dtype(config.dtype)
 
 
+def _gelu_exact(x):
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x):
+  return jax.nn.gelu(x, approximate=True)
+
+
+# Hugging Face ``hidden_act`` names (transformers.activations.ACT2FN) -> the same function.
+ACTIVATIONS = {
+  "gelu": _gelu_exact,  # exact (erf), as BERT
+  "gelu_python": _gelu_exact,
+  "gelu_new": _gelu_tanh,  # tanh approximation (GPT-2 / "gelu_new")
+  "gelu_pytorch_tanh": _gelu_tanh,
+  "gelu_python_tanh": _gelu_tanh,
+  "gelu_fast": _gelu_tanh,
+  "gelu_accurate": _gelu_tanh,
+  "gelu_10": lambda x: jnp.clip(_gelu_exact(x), -10.0, 10.0),
+  "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+  "relu": jax.nn.relu,  # PP-MiniLM
+  "relu6": jax.nn.relu6,
+  "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+  "leaky_relu": lambda x: jax.nn.leaky_relu(x, 0.01),  # torch.nn.LeakyReLU()
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
+  "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+  "hardswish": jax.nn.hard_swish,
+  "sigmoid": jax.nn.sigmoid,
+  "tanh": jnp.tanh,
+  "linear": lambda x: x,
+}
+
+
 def _activation(name: str):
-  if name == "gelu":
-    return lambda x: jax.nn.gelu(x, approximate=False)
-  if name in ("gelu_new", "gelu_pytorch_tanh"):
-    return lambda x: jax.nn.gelu(x, approximate=True)
-  if name == "relu":
-    return jax.nn.relu
-  if name == "tanh":
-    return jnp.tanh
-  raise ValueError(f"unsupported activation {name!r}")
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ValueError(
+      f"unsupported activation {name!r}; supported: {', '.join(ACTIVATIONS)}"
+    ) from None
 
 
 def dropout(x: Array, rate: float, rng: Array | None, deterministic: bool) -> Array:

@@ -12,7 +12,30 @@ import os
 from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta")
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
+# Hugging Face names of the feed-forward activation (kdjax.models.bert.ACTIVATIONS has one
+# function for each; tests/test_models_hf.py checks both against transformers' ACT2FN).
+SUPPORTED_ACTIVATIONS = (
+  "gelu",
+  "gelu_python",
+  "gelu_new",
+  "gelu_pytorch_tanh",
+  "gelu_python_tanh",
+  "gelu_fast",
+  "gelu_accurate",
+  "gelu_10",
+  "quick_gelu",
+  "relu",
+  "relu6",
+  "relu2",
+  "leaky_relu",
+  "silu",
+  "swish",
+  "mish",
+  "hardswish",
+  "sigmoid",
+  "tanh",
+  "linear",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,13 +43,16 @@ __all__ = [
   "as_classifier",
   "build_student",
   "build_teacher",
+  "check_labels",
   "has_trained_classifier",
   "load_classifier",
   "load_model",
   "read_config",
   "require_dir",
   "tokenizer_dir_of",
+  "trained_labels",
   "with_config",
+  "with_labels",
 ]
 
 # Student keys (HF names) that change parameter shapes or the function computed...
@@ -225,11 +228,42 @@ def with_config(model: nnx.Module, cfg: BertConfig, seed: int = 0) -> nnx.Module
 
 
 # ------------------------------------------------------------------- teacher and student
+def trained_labels(cfg: BertConfig) -> tuple[str, ...] | None:
+  """The label names a classifier records (``id2label``), or None when it records only the
+  placeholders ``LABEL_0``, ``LABEL_1``, ... (nothing to check against)."""
+  if not cfg.id2label:
+    return None
+  names = tuple(name for _, name in sorted(cfg.id2label))
+  if all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+    return None
+  return names
+
+
+def check_labels(cfg: BertConfig, labels, what: str) -> None:
+  """An error when ``what`` records label names other than ``labels`` (e.g. an SST-2 model
+  used on RTE); models recording none pass."""
+  have = trained_labels(cfg)
+  if labels is not None and have is not None and tuple(have) != tuple(labels):
+    raise ValueError(
+      f"{what} was trained for the labels {list(have)}, but the task's labels are "
+      f"{list(labels)}: it was trained for another task"
+    )
+
+
+def with_labels(model: nnx.Module, labels) -> nnx.Module:
+  """``model`` recording ``labels`` as its ``id2label`` (written to config.json on export)."""
+  if labels is None or head_of(model) != "classification":
+    return model
+  cfg = model.config.replace(id2label=tuple(enumerate(str(x) for x in labels)))
+  return with_config(model, cfg)
+
+
 def build_teacher(
   tcfg,
   *,
   head: str = "none",
   num_labels: int | None = None,
+  labels=None,
   key: str = "teacher",
   what: str = "a Hugging Face / kdjax model directory or trainer workdir",
 ) -> ModelHandle:
@@ -237,7 +271,8 @@ def build_teacher(
 
   ``head="none"``: its encoder (any head is dropped). ``head="classification"``: a classifier
   whose head was trained (a fresh head would teach noise): an error otherwise, or when its
-  output count differs from ``num_labels``.
+  output count differs from ``num_labels``, or when it records label names other than
+  ``labels``.
   """
   path = require_dir(tcfg.get("path"), f"{key}.path", what)
   dtype = tcfg.get("dtype") or None
@@ -256,6 +291,7 @@ def build_teacher(
     raise ValueError(
       f"{key}.path={path} has {model.config.num_labels} outputs but the task has {num_labels}"
     )
+  check_labels(model.config, labels, f"{key}.path={path}")
   return ModelHandle(model)
 
 
@@ -265,6 +301,7 @@ def build_student(
   base: BertConfig | None = None,
   head: str = "none",
   num_labels: int | None = None,
+  labels=None,
   tokenizer_dir: str | None = None,
   key: str = "student",
 ) -> tuple[ModelHandle, bool]:
@@ -273,7 +310,9 @@ def build_student(
   architecture of ``config_path`` (or ``base``, usually the teacher's config) overridden by
   the block's shape keys. ``head``: "none" (encoder) or "classification" (``num_labels``
   outputs; a fresh head where the checkpoint has none of that size). ``dtype`` is the compute
-  dtype; ``seed`` seeds the random parts. ``tokenizer_dir`` is the fallback tokenizer."""
+  dtype; ``seed`` seeds the random parts. ``tokenizer_dir`` is the fallback tokenizer.
+  ``labels``: the task's label names, recorded as the classifier's ``id2label`` (so that
+  ``kdjax.evaluate`` can tell a model trained for another task)."""
   seed = int(scfg.get("seed") or 0)
   dtype = scfg.get("dtype") or None
   shapes = {k: scfg[k] for k in ARCH_KEYS if scfg.get(k) is not None}
@@ -319,6 +358,7 @@ def build_student(
       raise ValueError(f"config key '{key}': {e}") from None
     model = create_model(cfg, head, seed=seed, add_pooling_layer=head != "none")
     from_checkpoint = False
+  model = with_labels(model, labels)
   if tokenizer_dir and not getattr(model, "tokenizer_dir", None):
     model.tokenizer_dir = tokenizer_dir
   return ModelHandle(model), from_checkpoint

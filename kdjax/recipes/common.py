@@ -60,35 +60,3 @@ def write_student_description(handle: ModelHandle, workdir: str | None) -> None:
   ``kdjax.evaluate`` load any checkpoint of the workdir."""
   if workdir is not None and jax.process_index() == 0:
     native.write_description(handle.model(), os.path.join(workdir, "student"))
-
-
-# TEMPORARY (removed before commit): general_distill is being edited concurrently.
-from kdjax.models.loading import init_fns as _init_fns  # noqa: E402
-from kdjax.models.loading import require_dir as require_path  # noqa: E402
-
-
-class TeacherStudent:
-  def param_logical_axes(self, params):
-    return models.param_logical_axes(params)
-
-  def init_frozen(self):
-    return self.teacher.params
-
-  def frozen_logical_axes(self, frozen):
-    return models.param_logical_axes(frozen)
-
-
-def load_teacher(tcfg, head="none"):
-  from kdjax.models.loading import build_teacher
-
-  return build_teacher(tcfg, head=head)
-
-
-def build_student(scfg, base, head="none", num_labels=None, tokenizer_dir=None):
-  from kdjax.models.loading import build_student as bs
-
-  return bs(scfg, base=base, head=head, num_labels=num_labels, tokenizer_dir=tokenizer_dir)[0]
-
-
-def init_fns(handle, head, from_checkpoint):
-  return _init_fns(handle, from_checkpoint)

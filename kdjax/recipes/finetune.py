@@ -26,7 +26,11 @@ def build(config, workdir):
     "the model to fine-tune: a Hugging Face / kdjax model directory or trainer workdir",
   )
   model, _ = loading.build_student(
-    config.model, head="classification", num_labels=task.num_labels, key="model"
+    config.model,
+    head="classification",
+    num_labels=task.num_labels,
+    labels=task.labels if not task.is_regression else None,
+    key="model",
   )
   setup = task_setup.TaskSetup(config, task, model, name="finetune")
 

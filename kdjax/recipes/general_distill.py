@@ -5,34 +5,55 @@ One teacher layer (``teacher_layer_index``) teaches one student layer
 (``student_layer_index``), both 0-based. The teacher runs frozen, in
 ``teacher.dtype``, only up to its layer; the student runs only up to its layer too
 (later student layers get no gradient from this loss, as in the reference).
+
+``relation_reduction``: ``"kdjax"`` (default; padding excluded from the relation means) or
+``"reference"`` (PaddleNLP's averaging over every row, padding included: the reference's loss
+values); see ``kdjax.losses.minilm``.
+
+The student (``kdjax.models.loading``, one meaning in every recipe): ``student.path`` starts
+from those weights (the seed's ``--student_model_name_or_path X --init_from_student True``);
+``student.config_path`` gives the architecture of a randomly initialised student (the seed's
+``--student_model_name_or_path X`` with its default ``--init_from_student False``). Without
+either, the student is the teacher's architecture with the ``student.*`` overrides
+(``num_hidden_layers``, ``hidden_size``, ``num_attention_heads``, ``intermediate_size``,
+``hidden_act``, ...), which also apply on top of ``config_path``.
 """
 
 from __future__ import annotations
 
 import jax
 
+from kdjax import models
 from kdjax.data import TextCorpus, Tokenizer
+from kdjax.data.tokenizer import check_same_tokenizer
 from kdjax.losses import minilm_relation_loss
+from kdjax.losses.minilm import REDUCTIONS
+from kdjax.models import loading
 from kdjax.recipes import common
 
 
-class GeneralDistill(common.TeacherStudent):
+class GeneralDistill:
   def __init__(
     self,
     config,
     workdir: str | None,
-    teacher: common.ModelHandle | None = None,
-    student: common.ModelHandle | None = None,
+    teacher: loading.ModelHandle | None = None,
+    student: loading.ModelHandle | None = None,
     tokenizer: Tokenizer | None = None,
   ):
     """``teacher``/``student``/``tokenizer`` may be given in memory (benchmarks, tests);
     by default they come from ``teacher.path`` / ``student.*`` / the teacher's vocab."""
     self.config = c = config
-    self.teacher = teacher or common.load_teacher(c.teacher)
+    self.teacher = teacher or loading.build_teacher(c.teacher)
     tcfg = self.teacher.config
-    self.student = student or common.build_student(
-      c.student, tcfg.replace(dtype="float32"), tokenizer_dir=self.teacher.tokenizer_dir
-    )
+    from_checkpoint = False
+    if student is None:
+      student, from_checkpoint = loading.build_student(
+        c.student,
+        base=tcfg.replace(dtype="float32"),
+        tokenizer_dir=self.teacher.tokenizer_dir,
+      )
+    self.student = student
     scfg = self.student.config
     self.t_layer = _check_layer(
       c.teacher_layer_index, tcfg.num_hidden_layers, "teacher_layer_index"
@@ -51,21 +72,38 @@ class GeneralDistill(common.TeacherStudent):
         f"config keys 'alpha'={c.alpha}, 'beta'={c.beta}: need alpha, beta >= 0 "
         "and alpha + beta <= 1"
       )
+    self.reduction = c.get("relation_reduction", "kdjax")
+    if self.reduction not in REDUCTIONS:
+      raise ValueError(
+        f"config key 'relation_reduction'={self.reduction!r} must be one of {', '.join(REDUCTIONS)}"
+      )
     if c.max_seq_length + tcfg.position_offset > tcfg.max_position_embeddings:
       raise ValueError(
         f"config key 'max_seq_length'={c.max_seq_length} exceeds the teacher's "
         f"max_position_embeddings={tcfg.max_position_embeddings}"
       )
-    self.tokenizer = tokenizer or Tokenizer.from_dir(
-      common.require_path(
+    if tokenizer is None:
+      tok_dir = loading.require_dir(
         c.get("tokenizer_path") or self.teacher.tokenizer_dir,
         "tokenizer_path",
         "a directory with vocab.txt or tokenizer.json",
       )
-    )
-    self.init_params, self.initial_params = common.init_fns(
-      self.student, "none", bool(c.student.get("init_from_student"))
-    )
+      check_same_tokenizer(
+        {
+          "data": tok_dir,
+          "teacher": self.teacher.tokenizer_dir,
+          "student": self.student.tokenizer_dir,
+        }
+      )
+      tokenizer = Tokenizer.from_dir(tok_dir)
+    self.tokenizer = tokenizer
+    for who, cfg in (("teacher", tcfg), ("student", scfg)):
+      if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(
+          f"the tokenizer has {tokenizer.vocab_size} tokens but the {who}'s vocab_size is "
+          f"{cfg.vocab_size}: token ids would fall outside its embeddings"
+        )
+    self.init_params, self.initial_params = loading.init_fns(self.student, from_checkpoint)
     if workdir is not None:
       common.write_student_description(self.student, workdir)
 
@@ -76,7 +114,7 @@ class GeneralDistill(common.TeacherStudent):
     the same batches, losses and checkpoints on any number of hosts (and resumes on another
     topology); each host then tokenizes the whole global batch."""
     c = self.config
-    input_dir = common.require_path(c.input_dir, "input_dir", "a directory of text files")
+    input_dir = loading.require_dir(c.input_dir, "input_dir", "a directory of text files")
     mode = c.get("data_sharding", "files")
     if mode == "files":
       return TextCorpus(
@@ -92,6 +130,15 @@ class GeneralDistill(common.TeacherStudent):
       raise ValueError(f"config key 'data_sharding'={mode!r} must be 'files' or 'global'")
     corpus = TextCorpus(input_dir, self.tokenizer, c.batch_size, c.max_seq_length, seed=c.seed)
     return RowsOfGlobalBatch(corpus, process_index, process_count)
+
+  def param_logical_axes(self, params):
+    return models.param_logical_axes(params)
+
+  def init_frozen(self):
+    return self.teacher.params
+
+  def frozen_logical_axes(self, frozen):
+    return models.param_logical_axes(frozen)
 
   def loss_fn(self, params, frozen, batch, rng):
     c = self.config
@@ -110,12 +157,13 @@ class GeneralDistill(common.TeacherStudent):
       dropout_rng=rng,
     )
     loss, terms = minilm_relation_loss(
-      t_qkv,
       _qkv(s.layers[self.s_layer]),
-      mask,
-      c.num_relation_heads,
+      teacher=t_qkv,
+      attention_mask=mask,
+      num_relation_heads=c.num_relation_heads,
       alpha=c.alpha,
       beta=c.beta,
+      reduction=self.reduction,
       return_terms=True,
     )
     metrics = {

@@ -38,6 +38,7 @@ from kdjax.data import Tokenizer
 from kdjax.data.classification import ClassificationData, encode_examples, eval_batches
 from kdjax.data.hparams import default_hparams
 from kdjax.data.task import Task, get_classification_task
+from kdjax.data.tokenizer import check_same_tokenizer
 from kdjax.losses import cross_entropy, mse_regression
 from kdjax.models import loading
 from kdjax.recipes import common
@@ -118,6 +119,12 @@ class TaskSetup:
         self._check_model(who, handle.config)
 
     examples = self.train_examples()
+    pairs = any(ex.text_b is not None for ex in examples[:100])
+    if c.max_seq_length < (5 if pairs else 3):
+      raise ValueError(
+        f"config key 'max_seq_length'={c.max_seq_length} leaves no room for text: {task.name} "
+        f"needs at least {'5 ([CLS] a [SEP] b [SEP])' if pairs else '3 ([CLS] a [SEP])'}"
+      )
     self.train_features = self.encode(examples)
     self.train_keys = TRAIN_KEYS
     if extra_columns is not None:
@@ -153,12 +160,19 @@ class TaskSetup:
     )
 
   def _tokenizer_dir(self, student, teacher) -> str:
+    """``tokenizer_path``, else the student's, else the teacher's tokenizer; all of those
+    that exist must tokenize alike (vocabulary, casing, special tokens)."""
     c = self.config
-    if c.get("tokenizer_path"):
-      return loading.require_dir(c.tokenizer_path, "tokenizer_path", "a directory with vocab.txt")
-    for handle in (student, teacher):
-      if handle is not None and handle.tokenizer_dir:
-        return handle.tokenizer_dir
+    named = {
+      "tokenizer_path": c.get("tokenizer_path")
+      and loading.require_dir(c.tokenizer_path, "tokenizer_path", "a directory with vocab.txt"),
+      "student": student.tokenizer_dir,
+      "teacher": teacher.tokenizer_dir if teacher is not None else None,
+    }
+    check_same_tokenizer(named)
+    for d in named.values():
+      if d:
+        return d
     raise ValueError(
       "the model directories have no tokenizer (vocab.txt / tokenizer.json): set config "
       "key 'tokenizer_path'"

@@ -128,6 +128,7 @@ def _models(c, task, teacher_head: str):
     c.teacher,
     head=teacher_head,
     num_labels=task.num_labels,
+    labels=None if task.is_regression else task.labels,
     what="the fine-tuned teacher: a Hugging Face / kdjax model directory or finetune workdir",
   )
   student, _ = loading.build_student(
@@ -135,6 +136,7 @@ def _models(c, task, teacher_head: str):
     base=teacher.config,
     head="classification",
     num_labels=task.num_labels,
+    labels=None if task.is_regression else task.labels,
     tokenizer_dir=teacher.tokenizer_dir,
   )
   if student.config.vocab_size != teacher.config.vocab_size:

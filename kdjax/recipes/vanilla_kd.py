@@ -56,6 +56,7 @@ def build(config, workdir):
     base=base,
     head="classification",
     num_labels=task.num_labels,
+    labels=task.labels,
     tokenizer_dir=base_dir and loading.tokenizer_dir_of(base_dir),
   )
 
