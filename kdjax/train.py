@@ -14,6 +14,7 @@ from the environment.
 
 from __future__ import annotations
 
+import json
 import logging as pylogging
 import os
 import sys
@@ -36,6 +37,12 @@ _WORKDIR = flags.DEFINE_string(
   "already holds checkpoints).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
+_FRESH = flags.DEFINE_bool(
+  "fresh",
+  False,
+  "If --workdir holds checkpoints of a run with another config, move that run aside to "
+  "<workdir>/replaced-<time>/ and start fresh (default: an error listing the changed keys).",
+)
 _VERBOSE = flags.DEFINE_bool(
   "verbose", False, "On an error, print the full traceback (default: one line naming the cause)."
 )
@@ -55,12 +62,94 @@ def run(config, workdir: str):
   resolve_batch_size(config)  # per_device_batch_size -> global batch_size, before any reader
   import jax
 
+  # Build first with no workdir (the recipe resolves the -1 sentinels and checks every input),
+  # then compare with the run already in the workdir, and only then write anything.
+  recipe = recipes.build(config, None)
   os.makedirs(workdir, exist_ok=True)
-  recipe = recipes.build(config, workdir)  # resolves the -1 sentinels of task recipes
+  resolved = json.loads(config.to_json_best_effort())
+  if jax.process_index() == 0:
+    check_resume_config(workdir, resolved, fresh=_FRESH.value if flags.FLAGS.is_parsed() else False)
+  student = getattr(recipe, "student", None)
+  if student is not None:
+    from kdjax.recipes.common import write_student_description
+
+    write_student_description(student, workdir)
   if jax.process_index() == 0:  # the config as resolved: what this run trains with
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2) + "\n")
   return Trainer(config, recipe, workdir).train()
+
+
+# Keys a resumed run may change: they alter neither parameter shapes nor the data stream.
+RESUMABLE_KEYS = frozenset(
+  {
+    "max_steps",
+    "logging_steps",
+    "save_steps",
+    "eval_steps",
+    "keep_checkpoints",
+    "keep_best",
+    "progress_bar",
+    "tensorboard",
+    "async_checkpoint",
+    "eval_batch_size",
+    "nonfinite",
+    "max_skipped_steps",
+    "num_train_epochs",
+  }
+)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def check_resume_config(workdir: str, resolved: dict, fresh: bool = False) -> None:
+  """Before a run writes into a workdir that holds checkpoints, compare its resolved config
+  with the stored ``config.json``: a change of any key outside :data:`RESUMABLE_KEYS` (model
+  shapes, data, batch, seed, optimizer ...) is an error listing the keys, and nothing is
+  written. Allowed changes are logged and appended to ``config_changes.jsonl``. ``fresh``
+  (``--fresh``) moves the old run aside to ``<workdir>/replaced-<time>/`` instead."""
+  stored_path = os.path.join(workdir, "config.json")
+  ckpts = os.path.join(workdir, "checkpoints")
+  has_ckpt = os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
+  if not (has_ckpt and os.path.exists(stored_path)):
+    return
+  with open(stored_path) as f:
+    try:
+      stored = _flat(json.load(f))
+    except ValueError:
+      stored = {}
+  new = _flat(resolved)
+  changed = sorted(k for k in stored.keys() & new.keys() if stored[k] != new[k])
+  blocking = [k for k in changed if k.split(".")[-1] not in RESUMABLE_KEYS]
+  if blocking and fresh:
+    import time
+
+    aside = os.path.join(workdir, time.strftime("replaced-%Y%m%d-%H%M%S"))
+    os.makedirs(aside)
+    for name in os.listdir(workdir):
+      if not name.startswith("replaced-"):
+        os.replace(os.path.join(workdir, name), os.path.join(aside, name))
+    logging.warning("--fresh: the previous run in %s was moved to %s", workdir, aside)
+    return
+  if blocking:
+    diffs = "; ".join(f"{k}: {stored[k]!r} -> {new[k]!r}" for k in blocking[:8])
+    raise ValueError(
+      f"{workdir} holds checkpoints of a run with another config ({diffs}"
+      f"{'; ...' if len(blocking) > 8 else ''}): resuming would not continue it. Use another "
+      "--workdir, or --fresh to move the old run aside"
+    )
+  if changed:
+    logging.info("resuming %s with changed %s", workdir, ", ".join(changed))
+    with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+      f.write(json.dumps({k: [stored[k], new[k]] for k in changed}) + "\n")
 
 
 class _QuietLibraries(pylogging.Filter):

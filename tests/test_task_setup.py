@@ -200,3 +200,25 @@ def test_models_record_their_task_labels_and_evaluate_checks_them(tmp_path, mode
   # Models that record no names (LABEL_0, ...) are not refused.
   plain = models.from_pretrained(models_dir["sst2"])
   assert loading.trained_labels(plain.config) is None
+
+
+def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_path, models_dir):
+  from kdjax.train import check_resume_config, run
+
+  arg = f"tiny,task=sst-2,model={models_dir['sst2']},data_dir={GLUE},max_steps=2"
+  wd = tmp_path / "wd"
+  run(_config("finetune", arg), str(wd))
+  before = {p: (wd / p).read_bytes() for p in ("config.json", "student/kdjax_model.json")}
+  with pytest.raises(ValueError, match=r"another config \(learning_rate: 0.001 -> 0.5.*--fresh"):
+    run(_config("finetune", arg + ",learning_rate=0.5"), str(wd))
+  assert {p: (wd / p).read_bytes() for p in before} == before  # the workdir is intact
+  # A harmless change (more steps) resumes and is recorded.
+  run(_config("finetune", arg.replace("max_steps=2", "max_steps=3")), str(wd))
+  changes = [json.loads(x) for x in (wd / "config_changes.jsonl").read_text().splitlines()]
+  assert changes == [{"max_steps": [2, 3]}]
+  # --fresh moves the old run aside.
+  stored = json.loads((wd / "config.json").read_text())
+  check_resume_config(str(wd), dict(stored, seed=7), fresh=True)
+  aside = [p for p in os.listdir(wd) if p.startswith("replaced-")]
+  assert len(aside) == 1 and os.path.isdir(wd / aside[0] / "checkpoints")
+  assert not (wd / "checkpoints").exists()

@@ -158,9 +158,13 @@ def read_logits_tsv(
       raise ValueError(f"{where}: logits {text!r} are not {sep}-separated floats") from None
     if len(values) != num_labels:
       raise ValueError(f"{where}: {len(values)} logits but the task has {num_labels} labels")
-    if not all(np.isfinite(values)):
-      raise ValueError(f"{where}: non-finite logits {text!r}")
-    out[k] = values
+    with np.errstate(over="ignore"):  # e.g. 1e39: finite as a Python float, inf in float32
+      row = np.asarray(values, np.float64).astype(np.float32)
+    if not np.isfinite(row).all():
+      big = np.isfinite(values).all()
+      why = " (beyond the float32 range, |x| > 3.4e38)" if big else ""
+      raise ValueError(f"{where}: non-finite logits {text!r}{why}")
+    out[k] = row
   return out
 
 

@@ -51,6 +51,7 @@ __all__ = [
   "require_dir",
   "tokenizer_dir_of",
   "trained_labels",
+  "trained_max_seq_length",
   "with_config",
   "with_labels",
 ]
@@ -140,6 +141,18 @@ def tokenizer_dir_of(path: str) -> str | None:
   return os.path.abspath(d) if found else None
 
 
+def trained_max_seq_length(path: str) -> int | None:
+  """``max_seq_length`` of the run that trained a workdir (its resolved config.json), if any."""
+  import json
+
+  try:
+    with open(os.path.join(path, "config.json")) as f:
+      value = json.load(f).get("max_seq_length")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return int(value) if isinstance(value, int) and value > 2 else None
+
+
 def has_trained_classifier(path: str, model: nnx.Module) -> bool:
   """Whether ``model`` (loaded from ``path``) carries classifier weights from its directory
   (not a head created fresh by the loader)."""
@@ -215,7 +228,8 @@ def with_config(model: nnx.Module, cfg: BertConfig, seed: int = 0) -> nnx.Module
   """``model`` rebuilt under ``cfg`` (same parameter shapes: e.g. other dropout rates)."""
   if cfg == model.config:
     return model
-  skeleton, params = P.split(create_model(cfg, head_of(model), seed=seed))
+  pool = encoder_of(model).pooler is not None
+  skeleton, params = P.split(create_model(cfg, head_of(model), seed=seed, add_pooling_layer=pool))
   dst, src = P.flatten(params), P.flatten(P.params_of(model))
   for k, v in dst.items():
     if k not in src or tuple(src[k].shape) != tuple(v.shape):

@@ -18,6 +18,19 @@ Config keys read (defaults in `kdjax.trainer.config.default_trainer_config()`):
   mesh                 {"data", "fsdp", "tensor"}: sizes, one may be -1 (= the rest)
   logical_axis_rules   [(logical name, mesh axis | tuple of axes | None)]
   progress_bar, tensorboard
+  nonfinite            "stop" (default): a NaN/Inf loss or gradient norm stops the run with
+                       NonFiniteError naming the step; "skip": that update is not applied
+                       (params and optimizer state unchanged; counted as skipped_steps in
+                       the metrics and the checkpoints) and the run goes on
+  max_skipped_steps    with "skip": stop once more updates than this were skipped
+
+Non-finite checks cost no host sync of their own: the step's loss and grad_norm are fetched
+together with the metrics, at every logging, eval and save step and at the last step,
+always before anything is evaluated, checkpointed or exported; params are also checked for
+NaN/Inf right before each checkpoint, best checkpoint and export. So a diverged run writes
+nothing from non-finite params and its last good checkpoint stays the latest. A failed
+checkpoint save stops the run with CheckpointSaveError (see checkpoint.py); a checkpoint
+that fails to restore is moved aside and the previous one is resumed from.
 
 Workdir layout: checkpoints/<step>/{state,data}, best/<step>/params, export/, tb/,
 metrics.jsonl.
@@ -40,11 +53,76 @@ from kdjax.trainer.config import resolve_trainer_config
 from kdjax.trainer.distributed import maybe_initialize_distributed
 from kdjax.trainer.metrics import MetricsLogger
 from kdjax.trainer.optim import make_optimizer, make_schedule
-from kdjax.trainer.step import check_accumulation, make_train_step
+from kdjax.trainer.step import NonFiniteError, check_accumulation, make_train_step
+
+NONFINITE_MODES = ("stop", "skip")
+_MAX_UNCHECKED = 1000  # steps between non-finite checks when nothing else is due
 
 
 def _is_due(step: int, every: int | None) -> bool:
   return bool(every) and step % every == 0
+
+
+def _kept(last_checkpoint: int | None) -> str:
+  if last_checkpoint is None:
+    return "no checkpoint was written"
+  return f"the latest checkpoint is step {last_checkpoint}"
+
+
+class _NonFiniteGuard:
+  """Keeps each step's (loss, grad_norm) device scalars until `check()` fetches them (when
+  the loop fetches metrics anyway); then stops or counts the non-finite ones."""
+
+  def __init__(self, mode: str, max_skipped: int, skipped: int = 0):
+    self.mode, self.max_skipped, self.skipped = mode, int(max_skipped), int(skipped)
+    self._pending: list[tuple[int, dict]] = []
+    self.checked_step: int | None = None
+
+  def record(self, step: int, metrics) -> None:
+    self._pending.append((step, {k: metrics[k] for k in ("loss", "grad_norm")}))
+
+  def __len__(self) -> int:
+    return len(self._pending)
+
+  def check(self, last_good: int | None = None) -> None:
+    if not self._pending:
+      return
+    steps = [s for s, _ in self._pending]
+    fetched = jax.device_get([m for _, m in self._pending])
+    self._pending = []
+    self.checked_step = steps[-1]
+    bad = [
+      (s, m)
+      for s, m in zip(steps, fetched)
+      if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]))
+    ]
+    if not bad:
+      return
+    step, m = bad[0]
+    values = f"loss={float(m['loss']):.4g} grad_norm={float(m['grad_norm']):.4g}"
+    kept = _kept(last_good)
+    if self.mode == "stop":
+      raise NonFiniteError(
+        f"non-finite {values} at step {step}: stopped (config nonfinite='stop'); {kept}. "
+        "Lower learning_rate, or set nonfinite='skip' to skip such updates"
+      )
+    self.skipped += len(bad)
+    logging.warning(
+      "skipped %d non-finite update(s) at step(s) %s (first: %s); %d skipped in all, "
+      "max_skipped_steps=%d",
+      len(bad),
+      ", ".join(str(s) for s, _ in bad[:10]) + (" ..." if len(bad) > 10 else ""),
+      values,
+      self.skipped,
+      self.max_skipped,
+    )
+    if self.skipped > self.max_skipped:
+      last_step, last_m = bad[-1]
+      raise NonFiniteError(
+        f"{self.skipped} non-finite updates skipped, more than max_skipped_steps="
+        f"{self.max_skipped} (the last at step {last_step}: loss={float(last_m['loss']):.4g} "
+        f"grad_norm={float(last_m['grad_norm']):.4g}): stopped; {kept}"
+      )
 
 
 class Trainer:
@@ -80,7 +158,13 @@ class Trainer:
     self.abstract_state = state_lib.with_shardings(abstract_state, self.state_shardings)
     self.num_params = state_lib.num_params(abstract_params)
 
-    step = make_train_step(recipe.loss_fn, self.optimizer, cfg.grad_accum_steps, self.schedule)
+    step = make_train_step(
+      recipe.loss_fn,
+      self.optimizer,
+      cfg.grad_accum_steps,
+      self.schedule,
+      skip_nonfinite=cfg.nonfinite == "skip",
+    )
     # The state is pinned (a mismatch is an error, not a silent reshard); frozen and batch
     # (None = unspecified) keep the shardings they were placed with.
     self.step_fn = jax.jit(
@@ -90,11 +174,23 @@ class Trainer:
       donate_argnums=0,
     )
     self._batch_shardings: dict = {}
+    self._finite_fn = jax.jit(
+      state_lib.finite_flags, out_shardings=sharding_lib.replicated(self.mesh)
+    )
 
   # -- building blocks -------------------------------------------------------------------------
 
   def _check_batch(self) -> None:
     cfg = self.config
+    if cfg.nonfinite not in NONFINITE_MODES:
+      raise ValueError(
+        f"config key 'nonfinite'={cfg.nonfinite!r}: expected one of "
+        f"{', '.join(repr(m) for m in NONFINITE_MODES)}"
+      )
+    if cfg.max_skipped_steps is None or int(cfg.max_skipped_steps) < 0:
+      raise ValueError(
+        f"config key 'max_skipped_steps'={cfg.max_skipped_steps!r}: expected an int >= 0"
+      )
     check_accumulation(cfg.batch_size, cfg.grad_accum_steps)
     if cfg.batch_size % jax.process_count():
       raise ValueError(
@@ -176,15 +272,35 @@ class Trainer:
 
   # -- the loop --------------------------------------------------------------------------------
 
+  def check_params_finite(self, params, what: str, last_checkpoint: int | None = None) -> None:
+    """Raises NonFiniteError naming the first leaves of ``params`` holding NaN / Inf
+    (``what``: e.g. "at step 10"). A collective: every process calls it."""
+    bad = state_lib.nonfinite_paths(params, self._finite_fn(params))
+    if bad:
+      more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+      raise NonFiniteError(
+        f"non-finite parameters {', '.join(bad[:3])}{more} {what}: stopped before writing "
+        f"anything from them; {_kept(last_checkpoint)}"
+      )
+
   def train(self) -> state_lib.TrainState:
-    cfg, recipe = self.config, self.recipe
+    cfg = self.config
     ckpt = checkpoint_lib.Checkpointer(
       os.path.join(self.workdir, "checkpoints"),
       max_to_keep=cfg.keep_checkpoints,
       async_save=cfg.async_checkpoint,
     )
+    try:
+      return self._train(ckpt)
+    except BaseException:
+      ckpt.abort()  # the checkpoints written before the error complete; nothing new
+      raise
+
+  def _train(self, ckpt) -> state_lib.TrainState:
+    cfg, recipe = self.config, self.recipe
     best = None
-    if cfg.keep_best and cfg.eval_steps and callable(getattr(recipe, "evaluate", None)):
+    has_eval = bool(cfg.eval_steps) and callable(getattr(recipe, "evaluate", None))
+    if cfg.keep_best and has_eval:
       best = checkpoint_lib.BestCheckpointer(os.path.join(self.workdir, "best"))
 
     logging.info(
@@ -194,22 +310,27 @@ class Trainer:
       jax.process_count(),
       f"{self.num_params:,}",
     )
-    latest = ckpt.latest_step()
+    had = ckpt.latest_step()
+    restored = ckpt.restore_latest(self.abstract_state)
     data_state, trainer_state = None, {}
-    if latest is None:
+    if restored is None:
       state = self.init_state()
     else:
-      state, data_state, trainer_state = ckpt.restore(latest, self.abstract_state)
-      logging.info("resumed from %s at step %d", ckpt.directory, latest)
+      latest, state, data_state, trainer_state = restored
+      fallback = "" if latest == had else f" (the newest intact checkpoint; newest was {had})"
+      logging.info("resumed from %s at step %d%s", ckpt.directory, latest, fallback)
     start = int(jax.device_get(state["step"]))
     best_score = trainer_state.get("best_score")
+    guard = _NonFiniteGuard(
+      cfg.nonfinite, cfg.max_skipped_steps, trainer_state.get("skipped_steps", 0)
+    )
     frozen = self.init_frozen()
 
     if start >= cfg.max_steps:
       logging.warning(
         "checkpoint step %d >= max_steps=%d: nothing to train; exporting.", start, cfg.max_steps
       )
-      self._finish(state, ckpt, best)
+      self._finish(state, ckpt, best, start)
       return state
 
     data = recipe.train_data(jax.process_index(), jax.process_count())
@@ -231,6 +352,7 @@ class Trainer:
     )
     tokens_fn = getattr(recipe, "tokens_per_example", None)
     rows = cfg.batch_size
+    extra = (lambda: {"skipped_steps": guard.skipped}) if cfg.nonfinite == "skip" else dict
 
     try:
       for step in range(start + 1, cfg.max_steps + 1):
@@ -241,28 +363,38 @@ class Trainer:
         tokens = float(tokens_fn(local)) * rows if tokens_fn else 0.0
         t0 = time.perf_counter()
         state, metrics = self.step_fn(state, frozen, self.global_batch(local))
+        guard.record(step, metrics)
         logger.record(metrics, tokens)
+        ckpt.poll()  # a failed background save stops the run here
         if step == start + 1:  # first step compiles: keep it out of the throughput numbers
           jax.block_until_ready(metrics)
           logger.log_text(f"step {step} (compile + run) took {time.perf_counter() - t0:.1f}s")
           logger.reset_timer()
         last = step == cfg.max_steps
-        if _is_due(step, cfg.logging_steps) or last:
-          logger.write(step)
-        if (
-          cfg.eval_steps and callable(getattr(recipe, "evaluate", None)) and (_is_due(step, cfg.eval_steps) or last)
-        ):
-          best_score = self._evaluate(state, frozen, step, logger, best, best_score)
         preempted = ckpt.reached_preemption(step)
-        if _is_due(step, cfg.save_steps) or last or preempted:
-          ckpt.save(step, state, data.get_state(), {"best_score": best_score})
+        due_log = _is_due(step, cfg.logging_steps) or last
+        due_eval = has_eval and (_is_due(step, cfg.eval_steps) or last)
+        due_save = _is_due(step, cfg.save_steps) or last or preempted
+        if due_log or due_eval or due_save or len(guard) >= _MAX_UNCHECKED:
+          guard.check(ckpt.last_step)  # before anything is logged, evaluated or saved
+        if due_eval or due_save:
+          self.check_params_finite(state["params"], f"at step {step}", ckpt.last_step)
+        if due_log:
+          logger.write(step, extra())
+        if due_eval:
+          best_score = self._evaluate(state, frozen, step, logger, best, best_score)
+        if due_save:
+          trainer_state = {"best_score": best_score}
+          if cfg.nonfinite == "skip":
+            trainer_state["skipped_steps"] = guard.skipped
+          ckpt.save(step, state, data.get_state(), trainer_state)
         if preempted:
           logging.warning("preemption at step %d: checkpoint saved, stopping.", step)
           ckpt.close()
           return state
     finally:
       logger.close()
-    self._finish(state, ckpt, best)
+    self._finish(state, ckpt, best, cfg.max_steps)
     return state
 
   def _evaluate(self, state, frozen, step, logger, best, best_score):
@@ -275,12 +407,13 @@ class Trainer:
         best.save(step, state["params"], best_score)
     return best_score
 
-  def _finish(self, state, ckpt, best) -> None:
+  def _finish(self, state, ckpt, best, step) -> None:
     ckpt.close()
     if best is not None:
       best.close()
     export = getattr(self.recipe, "export", None)
     if export is not None:
+      self.check_params_finite(state["params"], f"at step {step}", ckpt.last_step)
       params = self.host_params(state["params"])
       if jax.process_index() == 0:
         directory = os.path.join(self.workdir, "export")

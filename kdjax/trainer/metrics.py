@@ -2,6 +2,10 @@
 
 Device metrics are kept as arrays between logging steps and fetched only when a line is
 written, so the host never blocks on the device in between.
+
+On resume, `metrics.jsonl` is first cut back to the rows of steps <= the restored step
+(rows of steps the run is about to redo, and a line cut short by a kill, are dropped), so it
+never holds two rows for one step.
 """
 
 from __future__ import annotations
@@ -47,6 +51,37 @@ def peak_flops_per_device(device_kind: str) -> float | None:
   return None
 
 
+_CHECKED = ("loss", "grad_norm")  # a row with either non-finite is a skipped update
+
+
+def truncate_metrics(path: str, last_step: int) -> int:
+  """Rewrites the JSON-lines file ``path`` without the rows whose ``step`` is beyond
+  ``last_step`` and without lines that do not parse (a write cut short by a kill).
+  Returns the number of lines dropped; a missing file is left missing."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.readlines()
+  except FileNotFoundError:
+    return 0
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+      keep = isinstance(row, dict) and int(row.get("step", 0)) <= last_step
+    except (ValueError, TypeError):
+      keep = False
+    if keep:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  dropped = len(lines) - len(kept)
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+    logging.info("%s: dropped %d rows beyond step %d (resumed there)", path, dropped, last_step)
+  return dropped
+
+
 class MetricsLogger:
   """Accumulates step metrics and writes one record every `logging_steps`."""
 
@@ -74,6 +109,7 @@ class MetricsLogger:
     self._jsonl = self._writer = self._bar = None
     if self.is_main:
       os.makedirs(workdir, exist_ok=True)
+      truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start_step)
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
       if tensorboard:
         from tensorboardX import SummaryWriter
@@ -97,15 +133,22 @@ class MetricsLogger:
     if self._bar is not None:
       self._bar.update(1)
 
-  def write(self, step: int) -> dict[str, float]:
-    """Fetches the pending metrics (one sync), averages them, writes every sink."""
+  def write(self, step: int, extra: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Fetches the pending metrics (one sync), averages them, writes every sink.
+
+    Steps whose loss or grad_norm is not finite (updates skipped with nonfinite="skip") are
+    left out of the averages; `extra` entries (e.g. skipped_steps) are added as they are."""
     if not self._pending:
       return {}
     fetched = jax.device_get(self._pending)
     self._pending = []
-    record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    finite = [m for m in fetched if all(np.isfinite(m.get(k, 0.0)) for k in _CHECKED)]
+    rows = finite or fetched
+    record = {k: float(np.mean([m[k] for m in rows])) for k in fetched[-1]}
     if "learning_rate" in fetched[-1]:
       record["learning_rate"] = float(fetched[-1]["learning_rate"])
+    for k, v in (extra or {}).items():
+      record[k] = float(v)
     elapsed = max(time.perf_counter() - self._t0, 1e-9)
     if self._timed_steps:  # zero right after the compile step was excluded
       record["examples_per_sec"] = self._timed_steps * self.batch_size / elapsed

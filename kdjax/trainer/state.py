@@ -80,3 +80,38 @@ def with_shardings(abstract_tree, shardings):
 
 def num_params(params) -> int:
   return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
+
+
+def finite_flags(tree) -> list:
+  """One bool scalar per leaf of ``tree`` (jittable): True when every value of the leaf is
+  finite (always True for integer and bool leaves)."""
+  return [
+    jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+    for x in jax.tree.leaves(tree)
+  ]
+
+
+_finite_flags_jit = jax.jit(finite_flags)
+
+
+def _name(path) -> str:
+  keys = []
+  for k in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        keys.append(str(getattr(k, attr)))
+        break
+    else:
+      keys.append(str(k))
+  return "/".join(keys)
+
+
+def nonfinite_paths(tree, flags=None) -> list[str]:
+  """Names ("dense1/kernel") of the leaves of ``tree`` holding NaN or Inf.
+
+  ``flags``: ``finite_flags(tree)`` computed elsewhere (e.g. by a jitted function with
+  replicated outputs on a multi-host mesh); by default computed here, one fetch in all."""
+  names = [_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+  if flags is None:
+    flags = _finite_flags_jit(tree)
+  return [n for n, ok in zip(names, jax.device_get(flags)) if not bool(ok)]

@@ -11,6 +11,15 @@ import optax
 from kdjax.trainer.state import step_rng
 
 
+class NonFiniteError(RuntimeError):
+  """A non-finite loss, gradient norm or parameter: the run stops (config key ``nonfinite``)."""
+
+
+def is_finite_update(metrics) -> jax.Array:
+  """True when the step's loss and gradient norm are finite (what ``nonfinite`` checks)."""
+  return jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+
+
 def check_accumulation(batch_size: int, grad_accum_steps: int) -> None:
   if grad_accum_steps < 1 or batch_size % grad_accum_steps:
     raise ValueError(
@@ -39,6 +48,7 @@ def make_train_step(
   optimizer: optax.GradientTransformation,
   grad_accum_steps: int = 1,
   schedule: optax.Schedule | None = None,
+  skip_nonfinite: bool = False,
 ):
   """Returns the pure `step(state, frozen, batch) -> (state, metrics)` (not jitted).
 
@@ -46,6 +56,11 @@ def make_train_step(
   params only, so the frozen teacher is never differentiated. Micro-step i gets the key
   `fold_in(step_rng, i)`. Metrics (loss, the recipe's terms) are averaged over micro-steps;
   `grad_norm` is the norm of the averaged gradient before clipping.
+
+  `skip_nonfinite`: when the loss or `grad_norm` is NaN/Inf, the update is not applied (params
+  and optimizer state come back unchanged, selected inside the step: no host sync); the
+  step counter still advances (the batch is consumed). The host tells a skipped step by its
+  non-finite loss / grad_norm metrics (`is_finite_update`).
   """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -77,14 +92,20 @@ def make_train_step(
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
       metrics = jax.tree.map(lambda m: m / grad_accum_steps, metrics)
 
+    metrics["grad_norm"] = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    if skip_nonfinite:
+      ok = is_finite_update(metrics)
+      keep = lambda new, old: jnp.where(ok, new, old)
+      new_params = jax.tree.map(keep, new_params, params)
+      opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
     new_state = {
-      "params": optax.apply_updates(params, updates),
+      "params": new_params,
       "opt_state": opt_state,
       "step": state["step"] + 1,
       "rng": state["rng"],
     }
-    metrics["grad_norm"] = optax.global_norm(grads)
     if schedule is not None:
       metrics["learning_rate"] = jnp.asarray(schedule(state["step"]), jnp.float32)
     return new_state, metrics
