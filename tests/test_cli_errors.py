@@ -84,3 +84,41 @@ def test_bad_input_is_one_line(tmp_path, clf, name, args, fragments):
   for frag in fragments:
     assert frag in lines[0], lines[0]
   assert sorted(os.listdir(wd)) == ["keep.txt"]  # nothing written on bad input
+
+
+def test_truncated_safetensors_names_the_file(tmp_path, clf):
+  import shutil
+
+  from kdjax import models
+
+  bad = tmp_path / "bad"
+  shutil.copytree(clf, bad)
+  data = (bad / "model.safetensors").read_bytes()
+  (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
+  with pytest.raises(ValueError, match=r"bad/model.safetensors: not a readable safetensors"):
+    models.from_pretrained(str(bad))
+
+
+def test_exported_weights_are_world_readable_like_other_files(tmp_path, clf):
+  from kdjax import models
+
+  models.save_pretrained(models.from_pretrained(clf), str(tmp_path / "out"))
+  mode = os.stat(tmp_path / "out" / "model.safetensors").st_mode & 0o777
+  assert mode == os.stat(tmp_path / "out" / "config.json").st_mode & 0o777
+
+
+def test_zero_relation_heads_is_a_config_error(tmp_path, clf):
+  import importlib.util
+
+  from kdjax.recipes.general_distill import GeneralDistill
+
+  spec = importlib.util.spec_from_file_location("mv2", os.path.join(ROOT, "configs", "minilmv2.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("tiny")
+  c.teacher.path = clf
+  c.num_relation_heads = 0
+  c.teacher_layer_index, c.student_layer_index = 1, 0
+  c.student.num_hidden_layers = 1
+  with pytest.raises(ValueError, match="'num_relation_heads'=0 must be a positive integer"):
+    GeneralDistill(c, None)

@@ -95,7 +95,16 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
   st = os.path.join(path, "model.safetensors")
   idx = os.path.join(path, "model.safetensors.index.json")
   pt = os.path.join(path, "pytorch_model.bin")
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load_file as _load_file
+
+  def load_file(fn):
+    try:
+      return _load_file(fn)
+    except Exception as e:  # safetensors raises its own (Rust) error types
+      raise ValueError(
+        f"{fn}: not a readable safetensors file ({type(e).__name__}: {e}); it may be "
+        "truncated or corrupt: copy or export it again"
+      ) from None
 
   if os.path.exists(st):
     return dict(load_file(st)), st
@@ -261,6 +270,9 @@ def save_pretrained(model: nnx.Module, path: str, tokenizer=None) -> None:
   tensors = to_hf_state_dict(model)
   tmp = os.path.join(path, "model.safetensors.tmp")
   save_file(tensors, tmp, metadata={"format": "pt"})
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # as any file the user writes (safetensors writes 0600)
   os.replace(tmp, os.path.join(path, "model.safetensors"))
   cfg.to_json_file(os.path.join(path, "config.json"), [_architecture(cfg, head)])
   tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer_dir", None)

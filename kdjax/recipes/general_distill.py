@@ -61,6 +61,10 @@ class GeneralDistill:
     self.s_layer = _check_layer(
       c.student_layer_index, scfg.num_hidden_layers, "student_layer_index"
     )
+    if not isinstance(c.num_relation_heads, int) or c.num_relation_heads <= 0:
+      raise ValueError(
+        f"config key 'num_relation_heads'={c.num_relation_heads!r} must be a positive integer"
+      )
     for who, h in (("teacher", tcfg.hidden_size), ("student", scfg.hidden_size)):
       if h % c.num_relation_heads:
         raise ValueError(
