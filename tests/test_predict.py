@@ -1,4 +1,4 @@
-"""python -m kdjax.predict on a jax export, an hf export and a model directory."""
+"""python -m kdjax.predict on jax, onnx and SavedModel exports and on a model directory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers_classification import write_tiny_model
+from helpers_classification import GLUE, write_tiny_model
 
 from kdjax import predict
 from kdjax.export import __main__ as cli
@@ -26,7 +26,11 @@ def setup(tmp_path_factory):
   assert cli.main([cls, jx, "--format=jax"]) == 0
   ej = str(d / "enc_jax")
   assert cli.main([enc, ej, "--format=jax"]) == 0
-  return {"cls": cls, "enc": enc, "jax": jx, "enc_jax": ej, "root": d}
+  ox = str(d / "cls_onnx")
+  assert cli.main([cls, ox, "--format=onnx"]) == 0
+  sm = str(d / "cls_savedmodel")
+  assert cli.main([cls, sm, "--format=savedmodel"]) == 0
+  return {"cls": cls, "enc": enc, "jax": jx, "enc_jax": ej, "onnx": ox, "savedmodel": sm}
 
 
 def _reference(model_dir):
@@ -50,7 +54,7 @@ def _read(path):
     return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("which", ["jax", "cls"])
+@pytest.mark.parametrize("which", ["jax", "cls", "onnx", "savedmodel"])
 def test_predict_text(setup, which, tmp_path, capsys):
   want = _reference(setup["cls"])
   argv = [setup[which], "--text", TEXTS[0][0], "--output", str(tmp_path / "o.jsonl")]
@@ -67,13 +71,14 @@ def test_predict_text(setup, which, tmp_path, capsys):
   assert all(r["label"] in LABELS for r in lines)
 
 
-def test_predict_tsv_batched(setup, tmp_path):
+@pytest.mark.parametrize("which", ["jax", "onnx", "savedmodel"])
+def test_predict_tsv_batched(setup, which, tmp_path):
   want = _reference(setup["cls"])
   tsv = tmp_path / "in.tsv"
   tsv.write_text("".join(t + (f"\t{p}" if p else "") + "\n" for t, p in TEXTS), encoding="utf-8")
   out = tmp_path / "o.jsonl"
   assert (
-    predict.main([setup["jax"], "--input", str(tsv), "--output", str(out), "--batch_size", "2"])
+    predict.main([setup[which], "--input", str(tsv), "--output", str(out), "--batch_size", "2"])
     == 0
   )
   rows = _read(out)
@@ -83,11 +88,11 @@ def test_predict_tsv_batched(setup, tmp_path):
     np.testing.assert_allclose(r["logits"], w, atol=1e-5)
   # with a header row, and as JSON lines: the same predictions
   tsv.write_text("text\ttext_pair\nthe film is good\tgood\n", encoding="utf-8")
-  assert predict.main([setup["jax"], "--input", str(tsv), "--output", str(out)]) == 0
+  assert predict.main([setup[which], "--input", str(tsv), "--output", str(out)]) == 0
   assert _read(out)[0]["text_pair"] == "good"
   js = tmp_path / "in.jsonl"
   js.write_text(json.dumps({"text": "a bad movie", "text_pair": "no wit"}) + "\n", encoding="utf-8")
-  assert predict.main([setup["jax"], "--input", str(js), "--output", str(out)]) == 0
+  assert predict.main([setup[which], "--input", str(js), "--output", str(out)]) == 0
   np.testing.assert_allclose(_read(out)[0]["logits"], want[1], atol=1e-5)
 
 
@@ -124,3 +129,62 @@ def test_predict_usage_errors(setup, capsys):
   with pytest.raises(SystemExit) as e:
     predict.main(["--help"])
   assert e.value.code == 0
+
+
+def test_exports_carry_their_tokenizer(setup):
+  import os
+
+  from kdjax.export import manifest
+
+  for which in ("jax", "onnx", "savedmodel"):
+    m = manifest.read(setup[which])
+    assert m["tokenizer_dir"] == "tokenizer"
+    assert os.path.isfile(os.path.join(setup[which], "tokenizer", "vocab.txt"))
+    assert "tokenizer/vocab.txt" in m["files"]
+  # an ONNX export runs without its source model (tokenizer from the export itself)
+  assert predict.Predictor(setup["onnx"]).tokenizer.get_vocab() == (
+    predict.Predictor(setup["cls"]).tokenizer.get_vocab()
+  )
+
+
+def test_skip_bad_lines_counts_them(setup, tmp_path, capsys):
+  f = tmp_path / "mixed.jsonl"
+  f.write_bytes(b'{"text": "good"}\n{"text": \n{"label": 1}\n\xff\n{"text": "bad"}\n')
+  out = tmp_path / "o.jsonl"
+  argv = [setup["onnx"], "--input", str(f), "--output", str(out), "--skip_bad_lines"]
+  assert predict.main(argv) == 0
+  assert [r["text"] for r in _read(out)] == ["good", "bad"]
+  err = capsys.readouterr().err
+  assert "skipped 3 bad line(s); first: " in err and "mixed.jsonl:2: not valid JSON" in err
+  f.write_bytes(b"\n\n")
+  assert predict.main([setup["onnx"], "--input", str(f), "--skip_bad_lines"]) == 2
+
+
+def test_task_input_tsv_output_and_metrics(setup, tmp_path, capsys):
+  """--task reads the task's own layout (SST-2 dev) and reports its metrics; TSV output."""
+  from kdjax.data.task import get_classification_task
+
+  d = tmp_path / "m"
+  model = write_tiny_model(str(d), head="classification", num_labels=2, seed=5)
+  out = tmp_path / "dev.tsv"
+  argv = [model, "--task", "SST-2", "--data_dir", f"{GLUE}/SST-2", "--output", str(out)]
+  assert predict.main(argv) == 0
+  lines = out.read_text(encoding="utf-8").splitlines()
+  header = lines[0].split("\t")
+  assert header[:1] == ["text"] and "gold" in header and "label" in header
+  rows = [dict(zip(header, x.split("\t"), strict=True)) for x in lines[1:]]
+  examples = get_classification_task("SST-2").load(f"{GLUE}/SST-2", "dev")
+  assert len(rows) == len(examples)
+  assert [r["gold"] for r in rows] == [str(e.label) for e in examples]
+  acc = np.mean([r["label"] == r["gold"] for r in rows])
+  err = capsys.readouterr().err
+  assert f"accuracy={acc:.4f}" in err
+  # a model whose label names are not the task's is refused
+  argv = [setup["cls"], "--task", "SST-2", "--data_dir", f"{GLUE}/SST-2"]
+  assert predict.main(argv) == 2
+  assert "labels" in capsys.readouterr().err
+
+
+def test_savedmodel_max_length_is_fixed(setup, capsys):
+  assert predict.main([setup["savedmodel"], "--text", "a", "--max_length", "8"]) == 2
+  assert "SavedModel tokenizes to its own max_length" in capsys.readouterr().err

@@ -78,6 +78,24 @@ def _check_out(out: str, model: str, force: bool) -> None:
     raise ValueError(f"{out}: must not be MODEL ({model}), inside it or contain it")
 
 
+TOKENIZER_DIR = "tokenizer"
+
+
+def _add_tokenizer(source, out_dir: str, fmt: str, extra: dict) -> None:
+  """Every artefact that takes token ids travels with its tokenizer (``tokenizer/``), so that
+  ``kdjax.predict`` and users tokenize exactly as at training time without the source model.
+  The hf format holds its tokenizer itself; the SavedModel embeds its vocabulary in the graph
+  but gets the directory too (for token-id callers)."""
+  if fmt == "hf":
+    return
+  tok_dir = os.path.join(out_dir, TOKENIZER_DIR)
+  if not os.path.isdir(tok_dir):
+    source.tokenizer.save(tok_dir)
+    files = sorted(os.path.join(TOKENIZER_DIR, f) for f in os.listdir(tok_dir))
+    extra["files"] = [*extra["files"], *files]
+  extra.setdefault("tokenizer_dir", TOKENIZER_DIR)
+
+
 def export_model(
   model: str,
   out: str,
@@ -105,6 +123,7 @@ def export_model(
       extra = exporter.export(source, tmp, precision)
     except ModuleNotFoundError as e:
       raise FormatUnavailable(f"format {fmt!r} needs the missing package {e.name!r}") from e
+    _add_tokenizer(source, tmp, fmt, extra)
     m = manifest.build(source, fmt, precision, extra)
     manifest.write(tmp, m)
     if os.path.isdir(out):
