@@ -137,6 +137,15 @@ def load(
       params = _restore_tree(os.path.join(directory, "best", str(best), "params"))
     else:
       ckpt = os.path.join(directory, "checkpoints")
+      if step is not None:
+        steps = (
+          sorted(int(n) for n in os.listdir(ckpt) if n.isdigit()) if os.path.isdir(ckpt) else []
+        )
+        if step not in steps:
+          raise FileNotFoundError(
+            f"{directory}: no checkpoint step {step} (finished steps: "
+            f"{', '.join(map(str, steps)) or 'none'})"
+          )
       step = latest_step(ckpt) if step is None else step
       params = _restore_tree(os.path.join(ckpt, str(step), "state"))["params"]
   else:
