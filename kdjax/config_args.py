@@ -106,6 +106,7 @@ def student_block(**defaults) -> ml_collections.ConfigDict:
     num_hidden_layers=optional(int),
     hidden_size=optional(int),
     num_attention_heads=optional(int),
+    attention_head_size=optional(int),  # None: hidden_size / num_attention_heads
     intermediate_size=optional(int),
     hidden_act=optional(str),
     hidden_dropout_prob=optional(float),

@@ -122,6 +122,11 @@ def test_skip_counts_in_metrics_and_checkpoints(tmp_path):
   assert int(state["step"]) == 6
   rows = {r["step"]: r for r in read_metrics(tmp_path)}
   assert [rows[s]["skipped_steps"] for s in range(1, 7)] == [0, 0, 1, 1, 2, 2]
+  # learning_rate is the rate the update used: the schedule at the updates applied so far
+  # (skipped updates do not advance the optimizer's schedule).
+  applied = [0, 1, 2, 2, 3, 3]  # before steps 1..6
+  for s, n in zip(range(1, 7), applied, strict=True):
+    np.testing.assert_allclose(rows[s]["learning_rate"], float(trainer.schedule(n)), rtol=1e-6)
   # The skipped update changed nothing: checkpoint 3 holds the params of checkpoint 2.
   s2, s3, s4 = (_restore(tmp_path, trainer, s) for s in (2, 3, 4))
   jax.tree.map(np.testing.assert_array_equal, s3["params"], s2["params"])

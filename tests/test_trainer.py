@@ -205,3 +205,27 @@ def test_logical_to_mesh_rules():
   assert peak_flops_per_device("TPU v5 lite") == 197e12
   assert peak_flops_per_device("NVIDIA H100 80GB HBM3") == 989e12
   assert peak_flops_per_device("cpu") is None
+
+
+def test_tensorboard_purges_steps_past_the_resume_point(tmp_path):
+  """A run resumed from step 3 after writing to step 6 tells TensorBoard to drop its old
+  events from step 4 on (SessionLog START with that step), so no step appears twice."""
+  tf = pytest.importorskip("tensorflow")
+  kw = dict(max_steps=6, logging_steps=1, save_steps=3, tensorboard=True)
+  _train(tmp_path, **kw)
+  shutil.rmtree(tmp_path / "checkpoints" / "6")
+  _train(tmp_path, **kw)
+  events = sorted(glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*")))
+  assert len(events) == 2
+  starts = [
+    e.step
+    for e in tf.compat.v1.train.summary_iterator(events[-1])
+    if e.HasField("session_log") and e.session_log.status == e.session_log.START
+  ]
+  assert starts == [4]
+  steps = [
+    e.step
+    for e in tf.compat.v1.train.summary_iterator(events[-1])
+    if e.HasField("summary") and any(v.tag == "train/loss" for v in e.summary.value)
+  ]
+  assert steps == [4, 5, 6]

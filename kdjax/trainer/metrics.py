@@ -114,7 +114,11 @@ class MetricsLogger:
       if tensorboard:
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(os.path.join(workdir, "tb"))
+        # On resume, TensorBoard drops the events a killed run wrote past the checkpoint it
+        # resumes from (purge_step: the first step this run writes again), so curves do not
+        # show those steps twice; metrics.jsonl is truncated the same way above.
+        purge = start_step + 1 if start_step > 0 else None
+        self._writer = SummaryWriter(os.path.join(workdir, "tb"), purge_step=purge)
       if progress_bar and sys.stderr.isatty():
         from tqdm import tqdm
 

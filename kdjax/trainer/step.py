@@ -107,7 +107,19 @@ def make_train_step(
       "rng": state["rng"],
     }
     if schedule is not None:
-      metrics["learning_rate"] = jnp.asarray(schedule(state["step"]), jnp.float32)
+      metrics["learning_rate"] = jnp.asarray(schedule(_schedule_count(state)), jnp.float32)
     return new_state, metrics
 
   return step
+
+
+def _schedule_count(state):
+  """The step the optimizer's schedule is at: its ``ScaleByScheduleState.count`` (the number
+  of updates applied; it lags the trainer step by the updates ``skip_nonfinite`` skipped), so
+  the ``learning_rate`` metric is the rate this step's update used; the trainer step for
+  optimizers without one."""
+  found = optax.tree_utils.tree_get_all_with_path(state["opt_state"], "count")
+  by_schedule = [v for path, v in found if "ScaleBySchedule" in str(path)]
+  if by_schedule:
+    return by_schedule[0]
+  return found[0][1] if found else state["step"]
