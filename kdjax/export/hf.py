@@ -5,6 +5,12 @@ fp32 only: kdjax keeps float32 weights (reduced precision is a compute dtype, se
 time), so an fp16/bf16 HF export is refused rather than silently casting the safetensors.
 The numerics check reloads the written directory with kdjax and compares its forward with
 the source's on a probe batch (a round trip: 0.0 expected).
+
+A head-pruned model (``attention_head_size`` set, e.g. ``kdjax.compress.prune.extract``) is
+written in the padded form stock transformers loads (``kdjax.models.hf.hf_compatible``: pruned
+heads as zero weights, the FFN as narrow as it is); the reload is then the padded model and the
+check compares it with the narrow source (float rounding only). ``padded_heads`` in the
+result (only then) says how many zero heads each layer got.
 """
 
 from __future__ import annotations
@@ -39,11 +45,15 @@ def export(source: ExportSource, out_dir: str, precision: str) -> dict:
   files = sorted(
     os.path.relpath(os.path.join(d, f), out_dir) for d, _, fs in os.walk(out_dir) for f in fs
   )
-  return {
+  out = {
     "max_abs_diff": diff,
     "files": files,
     "input_signature": {k: {"dtype": "int32", "shape": ["b", "l"]} for k in INPUT_NAMES},
   }
+  padded = back.config.num_attention_heads - source.config.num_attention_heads
+  if padded:
+    out["padded_heads"] = padded
+  return out
 
 
 __all__ = ["export"]

@@ -30,12 +30,14 @@ Array = jax.Array
 # --------------------------------------------------------------------------- outputs
 @flax.struct.dataclass
 class LayerInternals:
-  """What one captured layer exposes. Shapes: B batch, L length, N heads."""
+  """What one captured layer exposes. Shapes: B batch, L length, N heads, A the attention
+  width ``N * head_dim`` (``config.attention_width``; = hidden unless ``attention_head_size``
+  is set, e.g. after width pruning)."""
 
   hidden: Array  # [B, L, hidden] output of the layer
-  q: Array  # [B, L, hidden] query projection before the head split
-  k: Array  # [B, L, hidden]
-  v: Array  # [B, L, hidden]
+  q: Array  # [B, L, A] query projection before the head split
+  k: Array  # [B, L, A]
+  v: Array  # [B, L, A]
   scores: Array  # [B, N, L, L] q k^T / sqrt(d_head) + additive mask (float32)
   probs: Array  # [B, N, L, L] softmax(scores) (float32, before dropout)
 
@@ -197,20 +199,25 @@ class TransformerLayer(nnx.Module):
   """One post-LN encoder layer (HF ``BertLayer``)."""
 
   def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
-    h, dt = cfg.hidden_size, _compute_dtype(cfg)
-    self.query = _linear(cfg, h, h, rngs)
-    self.key = _linear(cfg, h, h, rngs)
-    self.value = _linear(cfg, h, h, rngs)
-    self.attention_output = _linear(cfg, h, h, rngs)
+    h, a, dt = cfg.hidden_size, cfg.attention_width, _compute_dtype(cfg)
+    self.query = _linear(cfg, h, a, rngs)
+    self.key = _linear(cfg, h, a, rngs)
+    self.value = _linear(cfg, h, a, rngs)
+    self.attention_output = _linear(cfg, a, h, rngs)
     self.attention_layer_norm = LayerNorm(h, cfg.layer_norm_eps, dt, rngs=rngs)
     self.intermediate = _linear(cfg, h, cfg.intermediate_size, rngs)
     self.output = _linear(cfg, cfg.intermediate_size, h, rngs)
     self.output_layer_norm = LayerNorm(h, cfg.layer_norm_eps, dt, rngs=rngs)
     self.cfg = cfg
 
-  def __call__(self, x_BxLxH, mask_bias_Bx1x1xL, rng, deterministic) -> LayerInternals:
+  def __call__(
+    self, x_BxLxH, mask_bias_Bx1x1xL, rng, deterministic, head_mask_N=None, ffn_mask_F=None
+  ) -> LayerInternals:
+    """``head_mask_N`` [N] multiplies each head's context before the output projection and
+    ``ffn_mask_F`` [intermediate] the activations of the feed-forward neurons (DynaBERT's
+    masks: 0 removes a head / neuron exactly; None, the default, costs nothing)."""
     cfg = self.cfg
-    b, l, h = x_BxLxH.shape
+    b, l, _ = x_BxLxH.shape
     n, d = cfg.num_attention_heads, cfg.head_dim
     q, k, v = self.query(x_BxLxH), self.key(x_BxLxH), self.value(x_BxLxH)
     split = lambda t: t.reshape(b, l, n, d)
@@ -220,10 +227,16 @@ class TransformerLayer(nnx.Module):
     scores_BxNxLxL = scores.astype(jnp.float32) + mask_bias_Bx1x1xL
     probs = jax.nn.softmax(scores_BxNxLxL, axis=-1)
     p = dropout(probs, cfg.attention_probs_dropout_prob, _fold(rng, 0), deterministic)
-    ctx = jnp.einsum("bnqk,bknd->bqnd", p.astype(v.dtype), split(v)).reshape(b, l, h)
+    ctx = jnp.einsum("bnqk,bknd->bqnd", p.astype(v.dtype), split(v))
+    if head_mask_N is not None:
+      ctx = ctx * jnp.asarray(head_mask_N).astype(ctx.dtype)[:, None]
+    ctx = ctx.reshape(b, l, n * d)
     a = dropout(self.attention_output(ctx), cfg.hidden_dropout_prob, _fold(rng, 1), deterministic)
     a = self.attention_layer_norm(a + x_BxLxH)
-    f = self.output(_activation(cfg.hidden_act)(self.intermediate(a)))
+    act = _activation(cfg.hidden_act)(self.intermediate(a))
+    if ffn_mask_F is not None:
+      act = act * jnp.asarray(ffn_mask_F).astype(act.dtype)
+    f = self.output(act)
     f = dropout(f, cfg.hidden_dropout_prob, _fold(rng, 2), deterministic)
     out = self.output_layer_norm(f + a)
     return LayerInternals(hidden=out, q=q, k=k, v=v, scores=scores_BxNxLxL, probs=probs)
@@ -276,6 +289,8 @@ class BertModel(nnx.Module):
     stop_at_layer: int | None = None,
     deterministic: bool = True,
     dropout_rng: Array | None = None,
+    head_mask=None,
+    ffn_mask=None,
   ) -> BertOutput:
     """Runs the encoder.
 
@@ -289,6 +304,10 @@ class BertModel(nnx.Module):
       stop_at_layer: deepest layer to run (0-based); layers after it are not computed.
       deterministic: disables dropout.
       dropout_rng: key for dropout when ``deterministic=False``.
+      head_mask: optional [num_layers, num_heads]: multiplies each head's context before the
+        attention output projection (DynaBERT / ``kdjax.compress.prune``; 0 drops a head).
+      ffn_mask: optional [num_layers, intermediate_size]: multiplies the feed-forward
+        activations (0 drops a neuron). Both default to None: the plain forward.
     """
     cfg = self.config
     n_layers = cfg.num_hidden_layers
@@ -312,7 +331,14 @@ class BertModel(nnx.Module):
     )
     hidden_states, layers = [x], {}
     for i in range(last + 1):
-      internals = self.layer[i](x, mask_bias, _fold(dropout_rng, i + 1), deterministic)
+      internals = self.layer[i](
+        x,
+        mask_bias,
+        _fold(dropout_rng, i + 1),
+        deterministic,
+        None if head_mask is None else head_mask[i],
+        None if ffn_mask is None else ffn_mask[i],
+      )
       x = internals.hidden
       hidden_states.append(x)
       if i in capture:
@@ -447,8 +473,8 @@ def encoder_of(model: nnx.Module) -> BertModel:
 
 def layer_flops_per_token(cfg: BertConfig, seq_len: int) -> float:
   """Forward FLOPs per token of one encoder layer (2 * MACs; matmuls only)."""
-  h, f = cfg.hidden_size, cfg.intermediate_size
-  return 2.0 * (4 * h * h + 2 * h * f) + 2.0 * 2 * seq_len * h
+  h, a, f = cfg.hidden_size, cfg.attention_width, cfg.intermediate_size
+  return 2.0 * (4 * h * a + 2 * h * f) + 2.0 * 2 * seq_len * a
 
 
 # Logical axes of each parameter kind (T5X-style vocabulary: batch, length, embed,

@@ -44,6 +44,13 @@ class BertConfig:
 
   ``dtype`` is the compute dtype ("float32" or "bfloat16"); parameters are
   always stored in float32. It is not written to HF ``config.json``.
+
+  ``attention_head_size`` (None = ``hidden_size / num_attention_heads``, the HF rule) sets the
+  width of each head independently: the attention width ``num_attention_heads *
+  attention_head_size`` (``attention_width``) may then differ from ``hidden_size``, e.g. 9
+  heads of 64 over hidden 768 after width pruning (``kdjax.compress.prune``). It is written
+  to ``config.json`` / ``kdjax_model.json`` only when set; transformers ignores the key, so
+  ``save_pretrained`` writes such a model in the padded form stock transformers loads.
   """
 
   vocab_size: int = 30522
@@ -64,6 +71,7 @@ class BertConfig:
   classifier_dropout: float | None = None
   id2label: tuple[tuple[int, str], ...] | None = None
   problem_type: str | None = None
+  attention_head_size: int | None = None
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -72,7 +80,15 @@ class BertConfig:
         f"unsupported model_type {self.model_type!r}; kdjax supports "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}"
       )
-    if self.hidden_size % self.num_attention_heads:
+    if self.num_attention_heads <= 0:
+      raise ValueError(f"num_attention_heads must be positive, got {self.num_attention_heads}")
+    if self.attention_head_size is not None:
+      if isinstance(self.attention_head_size, bool) or int(self.attention_head_size) <= 0:
+        raise ValueError(
+          f"attention_head_size must be a positive integer, got {self.attention_head_size!r}"
+        )
+      object.__setattr__(self, "attention_head_size", int(self.attention_head_size))
+    elif self.hidden_size % self.num_attention_heads:
       raise ValueError(
         f"hidden_size {self.hidden_size} is not divisible by "
         f"num_attention_heads {self.num_attention_heads}"
@@ -86,7 +102,15 @@ class BertConfig:
 
   @property
   def head_dim(self) -> int:
+    if self.attention_head_size is not None:
+      return self.attention_head_size
     return self.hidden_size // self.num_attention_heads
+
+  @property
+  def attention_width(self) -> int:
+    """``num_attention_heads * head_dim``: the Q/K/V width (``hidden_size`` unless
+    ``attention_head_size`` makes it narrower or wider)."""
+    return self.num_attention_heads * self.head_dim
 
   @property
   def position_offset(self) -> int:
@@ -142,6 +166,8 @@ class BertConfig:
       d.pop("problem_type")
     if d["classifier_dropout"] is None:
       d.pop("classifier_dropout")
+    if d["attention_head_size"] is None:
+      d.pop("attention_head_size")
     return d
 
   @classmethod

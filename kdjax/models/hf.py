@@ -243,8 +243,57 @@ def _tokenizer_dir(path: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- writing
+def hf_compatible(model: nnx.Module) -> nnx.Module:
+  """``model`` in a form stock transformers can hold: itself unless its attention width
+  (``num_attention_heads * attention_head_size``) differs from ``hidden_size``.
+
+  transformers derives the head size as ``hidden_size / num_attention_heads``, so a
+  head-pruned model (e.g. 9 heads of 64 over hidden 768) is padded back to
+  ``hidden_size / head_size`` heads: the added heads have zero query/key/value columns and
+  biases and zero attention-output rows, which contribute exactly zero, so the padded model
+  computes the same function (the feed-forward width stays as it is). An error when no head
+  count fits (``hidden_size`` not a multiple of the head size, or more heads than fit).
+  """
+  cfg = model.config
+  if cfg.attention_head_size is None:
+    return model
+  d, n, h = cfg.head_dim, cfg.num_attention_heads, cfg.hidden_size
+  if n * d == h:
+    padded_cfg, pad = cfg.replace(attention_head_size=None), 0
+  elif h % d or n * d > h:
+    raise ValueError(
+      f"cannot write a Hugging Face directory for a model with {n} attention heads of size "
+      f"{d} over hidden_size {h}: transformers derives the head size as hidden_size / "
+      f"num_attention_heads, so hidden_size must be a multiple of the head size {d} with at "
+      f"least {n} heads of it (pruned heads are restored as zero weights); export this model "
+      "as a kdjax model directory or ONNX instead"
+    )
+  else:
+    padded_cfg, pad = cfg.replace(num_attention_heads=h // d, attention_head_size=None), h - n * d
+  head = head_of(model)
+  pool = encoder_of(model).pooler is not None
+  skeleton, _ = P.split(
+    nnx.eval_shape(lambda: create_model(padded_cfg, head, add_pooling_layer=pool))
+  )
+  flat = {k: np.asarray(v, np.float32) for k, v in P.flatten(P.params_of(model)).items()}
+  if pad:
+    for k, v in flat.items():
+      owner, leaf = k[-2], k[-1]
+      if owner in ("query", "key", "value"):
+        width = [(0, 0)] * (v.ndim - 1) + [(0, pad)]  # kernel [H, A] columns, bias [A]
+        flat[k] = np.pad(v, width)
+      elif owner == "attention_output" and leaf == "kernel":
+        flat[k] = np.pad(v, [(0, pad), (0, 0)])  # rows [A, H]
+  out = P.bind(skeleton, P.unflatten(flat))
+  if getattr(model, "tokenizer_dir", None):
+    out.tokenizer_dir = model.tokenizer_dir
+  return out
+
+
 def to_hf_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
-  """kdjax parameters as HF-named float32 numpy arrays ([out, in] Linear weights)."""
+  """kdjax parameters as HF-named float32 numpy arrays ([out, in] Linear weights); a
+  head-pruned model in its padded form (:func:`hf_compatible`)."""
+  model = hf_compatible(model)
   head = head_of(model)
   cfg = model.config
   out = {}
@@ -260,10 +309,13 @@ def save_pretrained(model: nnx.Module, path: str, tokenizer=None) -> None:
 
   ``tokenizer`` may be a :class:`kdjax.data.Tokenizer` or a directory with
   ``vocab.txt``/``tokenizer.json``; by default the tokenizer of the directory the
-  model was loaded from is copied.
+  model was loaded from is copied. A head-pruned model (``attention_head_size`` with an
+  attention width other than ``hidden_size``) is written in the padded form that stock
+  transformers loads (:func:`hf_compatible`: same outputs, zero weights for pruned heads).
   """
   from safetensors.numpy import save_file
 
+  model = hf_compatible(model)
   head = head_of(model)
   cfg = encoder_of(model).config if head == "none" else model.config
   os.makedirs(path, exist_ok=True)

@@ -61,6 +61,7 @@ ARCH_KEYS = (
   "num_hidden_layers",
   "hidden_size",
   "num_attention_heads",
+  "attention_head_size",
   "intermediate_size",
   "hidden_act",
 )

@@ -10,6 +10,7 @@ RECIPES = {
   "finetune": "kdjax.recipes.finetune",  # CLUE / GLUE / demo fine-tuning
   "vanilla_kd": "kdjax.recipes.vanilla_kd",  # EasyNLP vanilla KD from saved teacher logits
   "tinybert": "kdjax.recipes.tinybert",  # TinyBERT task distillation (2 stages)
+  "prune": "kdjax.recipes.prune",  # DynaBERT / OFA width pruning (PP-MiniLM)
 }
 
 
