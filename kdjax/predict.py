@@ -93,8 +93,13 @@ class Predictor:
     self.max_length = src.max_length
 
   def _texts(self, texts, pairs):
-    """Tokenize with kdjax's tokenizer, run the token-id forward: (outputs, attention_mask)."""
+    """Tokenize with kdjax's tokenizer, run the token-id forward: (outputs, attention_mask).
+    For the XLA runners (a model directory, the ``jax`` and ``hf`` formats) the batch is padded
+    up to a length bucket (16, 32, 64, ... up to max_length): each new shape compiles anew,
+    and padding does not change the outputs (masked keys get zero attention)."""
     enc = self.tokenizer.encode(texts, pairs, max_seq_length=self.max_length, padding="longest")
+    if self.format in ("model", "jax", "hf"):
+      enc = _pad_to(enc, _bucket(enc["input_ids"].shape[1], self.max_length), self.tokenizer)
     out = self._run(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
     return out, enc["attention_mask"]
 
@@ -123,6 +128,21 @@ class Predictor:
       for v in np.asarray(out["pooled_output"]):
         rows.append({"pooled_dim": int(v.shape[-1]), "pooled_norm": float(np.linalg.norm(v))})
     return rows
+
+
+def _bucket(length: int, max_length: int) -> int:
+  b = 16
+  while b < length:
+    b *= 2
+  return min(b, max_length)
+
+
+def _pad_to(enc: dict, length: int, tokenizer) -> dict:
+  pad = length - enc["input_ids"].shape[1]
+  if pad <= 0:
+    return enc
+  fill = {"input_ids": tokenizer.pad_id, "attention_mask": 0, "token_type_ids": 0}
+  return {k: np.pad(v, ((0, 0), (0, pad)), constant_values=fill.get(k, 0)) for k, v in enc.items()}
 
 
 def _export_tokenizer(path: str, m: dict):

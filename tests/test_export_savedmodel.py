@@ -217,3 +217,21 @@ def test_rejects_bad_precision(classifier, tmp_path):
   src = classifier[0]
   with pytest.raises(ValueError, match="precision"):
     savedmodel.export(src, str(tmp_path), "int8")
+
+
+@pytest.mark.parametrize("precision,bound", [("bf16", 3e-2)])
+def test_reduced_precision_within_its_bound(classifier, tmp_path, precision, bound):
+  """A bf16 SavedModel (weights and matmuls in bfloat16, LayerNorm and softmax statistics in
+  float32, float32 outputs): logits within ``bound`` of the JAX fp32 forward (the manifest's
+  figure and a fresh check on the raw-string signature), same labels on the check texts."""
+  src, _, _, fp32 = classifier
+  out = str(tmp_path / precision)
+  os.makedirs(out)
+  m = savedmodel.export(src, out, precision, platforms=("cpu",))
+  assert 0 < m["max_abs_diff"] <= bound
+  loaded = tf.saved_model.load(os.path.join(out, "1"))
+  texts = tf.constant(TEXTS[:6])
+  got = loaded.signatures["serving_default"](text=texts)
+  want = fp32.signatures["serving_default"](text=texts)
+  assert got["logits"].dtype == tf.float32
+  np.testing.assert_allclose(got["logits"].numpy(), want["logits"].numpy(), atol=bound)
