@@ -10,6 +10,8 @@ RECIPES = {
   "finetune": "kdjax.recipes.finetune",  # CLUE / GLUE / demo fine-tuning
   "vanilla_kd": "kdjax.recipes.vanilla_kd",  # EasyNLP vanilla KD from saved teacher logits
   "tinybert": "kdjax.recipes.tinybert",  # TinyBERT task distillation (2 stages)
+  "metakd_teacher": "kdjax.recipes.metakd_teacher",  # Meta-KD meta-teacher (EasyNLP)
+  "metakd_student": "kdjax.recipes.metakd_student",  # Meta-KD meta-student (2 stages)
   "prune": "kdjax.recipes.prune",  # DynaBERT / OFA width pruning (PP-MiniLM)
 }
 

@@ -218,7 +218,14 @@ class TaskSetup:
     )
 
   def evaluate(self, params) -> dict[str, float]:
-    return evaluate_splits(self.task, self.predictor, params, self.eval_sets)
+    return evaluate_splits(
+      self.task,
+      self.predictor,
+      params,
+      self.eval_sets,
+      domains=getattr(self.task, "domain_names", None),
+      score_domain=getattr(self.task, "score_domain", None),
+    )
 
 
 # ------------------------------------------------------------------- losses and evaluation
@@ -232,16 +239,34 @@ def task_loss(task: Task, logits, labels, weights=None):
 
 
 def evaluate_splits(
-  task: Task, predictor: Predictor, params, eval_sets: Mapping[str, Mapping[str, np.ndarray]]
+  task: Task,
+  predictor: Predictor,
+  params,
+  eval_sets: Mapping[str, Mapping[str, np.ndarray]],
+  *,
+  domains=None,
+  score_domain: str | None = None,
 ) -> dict[str, float]:
-  """``<split>/<metric>`` for every dev split plus ``score`` (first split's main metric)."""
+  """``<split>/<metric>`` for every dev split plus ``score`` (first split's main metric).
+
+  ``domains`` (names of the domain ids, e.g. Meta-KD's): also ``<split>/<domain>/<metric>``
+  over the rows of each domain present; ``score_domain``: ``score`` is then that domain's
+  main metric on the first split (falling back to the whole split when it has no rows)."""
   out = {}
   for i, (split, feats) in enumerate(eval_sets.items()):
     logits = predictor.logits(params, feats)
     metrics = task.metrics(logits, feats["labels"])
     out.update({f"{split}/{k}": float(v) for k, v in metrics.items() if k != "main"})
+    main = metrics["main"]
+    for d, name in enumerate(domains or ()):
+      rows = np.asarray(feats["domain_ids"]) == d
+      if rows.any():
+        dm = task.metrics(logits[rows], np.asarray(feats["labels"])[rows])
+        out.update({f"{split}/{name}/{k}": float(v) for k, v in dm.items() if k != "main"})
+        if name == score_domain:
+          main = dm["main"]
     if i == 0:
-      score = float(metrics["main"])
+      score = float(main)
       out["score"] = score if np.isfinite(score) else -1.0
   return out
 
