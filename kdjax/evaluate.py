@@ -15,6 +15,9 @@
 --model is a kdjax trainer workdir (the best dev checkpoint in workdir/best when there is one,
 else the latest checkpoint; --checkpoint=latest / --step=N pick another), a kdjax model
 directory or a Hugging Face directory; it must hold a classifier with the task's label count.
+A quantized model directory (``python -m kdjax.compress.quantize``: the float model +
+quantization.json) is scored as the simulated-INT8 model (fake quantization of the encoder
+matmuls, kdjax.compress.quant); --quantization=off scores its float weights.
 --split: "dev" = every dev split of the task (MNLI: dev_matched and dev_mismatched), "test" =
 every split with a submission file (MNLI: test_matched -> MNLI-m.tsv, test_mismatched ->
 MNLI-mm.tsv), or any split name of the task (train, dev_matched, ...).
@@ -38,7 +41,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-LOGITS_FORMATS = ("kdjax", "easynlp")  # kdjax.data.logits_tsv.FORMATS (kept import-free here)
+LOGITS_FORMATS = ("kdjax", "easynlp")
+QUANTIZATION_MODES = ("auto", "off")  # kdjax.data.logits_tsv.FORMATS (kept import-free here)
 
 
 def resolve_splits(task, split: str) -> tuple[str, ...]:
@@ -64,6 +68,7 @@ def evaluate(
   logits_output: str | None = None,
   dtype: str | None = None,
   logits_format: str = "kdjax",
+  quantization: str = "auto",
 ) -> dict:
   """Runs the model on the split(s); returns {split: metrics} (empty metrics where the split
   has no labels) and writes the files described in the module docstring."""
@@ -77,8 +82,11 @@ def evaluate(
   from kdjax.recipes.task_setup import Predictor
 
   t = get_classification_task(task)
+  if quantization not in QUANTIZATION_MODES:
+    raise ValueError(f"--quantization={quantization!r}: expected one of {QUANTIZATION_MODES}")
   net = loading.load_model(model, head="auto", dtype=dtype, checkpoint=checkpoint, step=step)
   _refuse_nonfinite(model, net)
+  qinfo = _quantize(model, net) if quantization == "auto" else None
   if head_of(net) != "classification" or net.config.num_labels != t.num_labels:
     raise ValueError(
       f"{model}: not a classifier with {t.num_labels} labels for {t.name} "
@@ -90,6 +98,8 @@ def evaluate(
   if not getattr(net, "tokenizer_dir", None):
     raise ValueError(f"{model}: no tokenizer (vocab.txt / tokenizer.json) next to the model")
   tokenizer = Tokenizer.from_dir(net.tokenizer_dir)
+  if max_seq_length is None and qinfo is not None and qinfo.get("max_seq_length"):
+    max_seq_length = int(qinfo["max_seq_length"])  # the length it was calibrated and scored at
   if max_seq_length is None:
     max_seq_length = loading.trained_max_seq_length(model) or min(
       default_hparams(t)["max_seq_length"],
@@ -113,7 +123,10 @@ def evaluate(
     os.makedirs(output_dir, exist_ok=True)
     if metrics:
       with open(os.path.join(output_dir, f"{t.name}_{s}_metrics.json"), "w") as f:
-        json.dump({"task": t.name, "split": s, "model": model, "metrics": results[s]}, f, indent=2)
+        record = {"task": t.name, "split": s, "model": model, "metrics": results[s]}
+        if qinfo is not None:
+          record["simulated_int8"] = qinfo
+        json.dump(record, f, indent=2)
     if logits_output:
       write_logits_tsv(logits_output, examples, logits, t.label_string, format=logits_format)
     elif t.spec is not None and s in t.spec.submission_files:
@@ -123,6 +136,20 @@ def evaluate(
       else:
         write_glue_predictions(t.spec, ids, preds, output_dir, split=s)
   return results
+
+
+def _quantize(model: str, net) -> dict | None:
+  """With a quantization.json beside the model: ``net`` becomes the simulated-INT8 model (in
+  place); returns what was applied (None: a float model)."""
+  if not os.path.isdir(model) or not os.path.isfile(os.path.join(model, "quantization.json")):
+    return None
+  from kdjax.compress import quant
+
+  qp = quant.read(model, net)
+  quant.quantize_model(net, qp)
+  info = {k: qp.meta.get(k) for k in ("algorithm", "batch_nums", "batch_size", "max_seq_length")}
+  logging.warning("%s: scoring the simulated-INT8 model (%s)", model, info)
+  return info
 
 
 def _refuse_nonfinite(model: str, net) -> None:
@@ -188,6 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     "or easynlp (one comma-joined logits field per line, as EasyNLP's predictor writes)",
   )
   p.add_argument("--dtype", default=None, help="compute dtype override (float32, bfloat16)")
+  p.add_argument(
+    "--quantization",
+    choices=QUANTIZATION_MODES,
+    default="auto",
+    help="auto (default): a directory with quantization.json is scored as simulated INT8; "
+    "off: its float weights",
+  )
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   try:
@@ -204,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       args.logits_output,
       args.dtype,
       logits_format=args.logits_format,
+      quantization=args.quantization,
     )
   except (ValueError, FileNotFoundError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -25,7 +25,9 @@ Formats (:data:`FORMATS`):
 * ``hf``: the model as a Hugging Face directory (``kdjax.models.save_pretrained``); fp32 only.
 * ``jax``: ``jax.export`` StableHLO of the forward for cpu and cuda, symbolic batch and length,
   params baked in; :func:`kdjax.export.jax_export.load` runs it with jax + numpy only.
-* ``onnx``: ``jax2onnx`` graph, dynamic batch and length, checked in onnxruntime.
+* ``onnx``: ``jax2onnx`` graph, dynamic batch and length, checked in onnxruntime;
+  ``--precision=int8`` of a quantized model directory (``quantization.json``) writes the QDQ
+  graph (:mod:`kdjax.export.onnx_qdq`).
 * ``tensorrt``: ONNX plus a TensorRT engine-build step (where ``tensorrt`` exists).
 * ``savedmodel``: ``jax2tf`` SavedModel with in-graph ``tensorflow_text`` tokenization.
 """

@@ -10,7 +10,7 @@ import tempfile
 
 from kdjax.export import FORMATS, FormatUnavailable, get_exporter
 
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")  # int8: onnx / tensorrt of a quantized model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     "--precision",
     default="fp32",
     choices=PRECISION_CHOICES,
-    help="compute precision of the artefact (default fp32; not every format takes every one)",
+    help="compute precision of the artefact (default fp32; not every format takes every one; "
+    "int8: --format=onnx|tensorrt of a quantized model directory (quantization.json), as QDQ)",
   )
   p.add_argument(
     "--step",

@@ -17,6 +17,9 @@ The graph (opset :data:`OPSET`):
   float32 (as kdjax computes them), float32 outputs. ``bf16`` is refused (onnxruntime has no bf16
   CPU kernels for most of these ops; use ``--format=jax`` or the SavedModel for bf16).
 - no float64 anywhere (tensors, casts, constants): checked after conversion.
+- ``int8``: only for a quantized model directory (``quantization.json``, written by
+  ``python -m kdjax.compress.quantize``): the fp32 graph rewritten with explicit
+  QuantizeLinear/DequantizeLinear around the encoder matmuls (:mod:`kdjax.export.onnx_qdq`).
 
 Why not ``source.forward_fn`` as is: it lets the model build ``position_ids`` with
 ``jnp.arange(L)``, which jax2onnx 0.17.1 traces to a placeholder dim that then fails to broadcast
@@ -373,6 +376,10 @@ def export(source, out_dir: str, precision: str) -> dict:
   manifest fields."""
   import onnxruntime
 
+  if precision == "int8":  # QDQ graph of a quantized model directory (kdjax.export.onnx_qdq)
+    from kdjax.export import onnx_qdq
+
+    return onnx_qdq.export(source, out_dir)
   check_supported(source, precision)
   t0 = time.perf_counter()
   model = convert(source, precision)

@@ -14,9 +14,12 @@ writes into ``out_dir``:
 - ``model.plan``: the serialized engine (one optimisation profile covering ``shapes.json``).
 
 Precisions: ``fp32`` (no flag) and ``fp16`` (the FP32 graph + ``BuilderFlag.FP16``: TensorRT picks
-fp16 kernels per layer, which is more accurate than parsing the fp16 ONNX). ``int8`` is refused
-until the quantization issue adds Q/DQ nodes to the ONNX graph; then the same builder takes it
-with ``BuilderFlag.INT8`` (explicit quantization, no calibrator).
+fp16 kernels per layer, which is more accurate than parsing the fp16 ONNX). ``int8`` takes a
+quantized model directory (``quantization.json``, ``python -m kdjax.compress.quantize``): the
+ONNX is then the QDQ graph (:mod:`kdjax.export.onnx_qdq`, checked in onnxruntime against the
+simulated-INT8 JAX model) and the builder sets ``BuilderFlag.INT8`` + ``BuilderFlag.FP16``:
+explicit quantization (the scales come from the Q/DQ nodes, no calibrator; the float parts may
+run in fp16). Untested here (no TensorRT on CI); ``trtexec --int8 --fp16`` is the same build.
 
 An engine is specific to the GPU model and TensorRT version that built it: build it on the
 serving machine. TensorRT cannot be installed on kdjax's CI / dev machines (its wheels come from
@@ -63,10 +66,15 @@ def check_supported(source, precision: str) -> None:
   from kdjax.export import onnx as onnx_export
 
   if precision == "int8":
-    raise ValueError(
-      "TensorRT INT8 needs an ONNX graph with Q/DQ nodes, which the quantization issue adds; "
-      "not available yet (use fp16)"
-    )
+    from kdjax.compress import quant
+
+    if not quant.has_quantization(source.path):
+      raise ValueError(
+        f"TensorRT INT8 builds the QDQ ONNX of a quantized model directory; {source.path} has "
+        f"no {quant.FILE} (python -m kdjax.compress.quantize writes one), or use fp16"
+      )
+    onnx_export.check_supported(source, "fp32")
+    return
   if precision not in PRECISIONS:
     raise ValueError(
       f"TensorRT export supports precision {'|'.join(PRECISIONS)}, not {precision!r}"
@@ -165,7 +173,7 @@ def trtexec_command(onnx_path: str, plan_path: str, shapes: dict, precision: str
   def arg(k):
     return ",".join(f"{name}:{'x'.join(map(str, p[k]))}" for name, p in prof.items())
 
-  flag = " --fp16" if precision == "fp16" else ""
+  flag = {"fp16": " --fp16", "int8": " --int8 --fp16"}.get(precision, "")
   return (
     f"trtexec --onnx={onnx_path} --saveEngine={plan_path}{flag} "
     f"--minShapes={arg('min')} --optShapes={arg('opt')} --maxShapes={arg('max')}"
@@ -183,7 +191,7 @@ def build_engine(
   """Parse ``onnx_path`` into a TensorRT network, build one optimisation profile from ``shapes``
   and write the serialized engine to ``plan_path``. Returns build facts for the manifest."""
   trt = require_tensorrt()
-  if precision not in PRECISIONS:
+  if precision not in (*PRECISIONS, "int8"):
     raise ValueError(f"TensorRT precision {precision!r}: choose {'|'.join(PRECISIONS)}")
   logger = trt.Logger(trt.Logger.WARNING)
   builder = trt.Builder(logger)
@@ -203,6 +211,10 @@ def build_engine(
     if not builder.platform_has_fast_fp16:
       raise RuntimeError("this GPU has no fast fp16: build the fp32 engine instead")
     config.set_flag(trt.BuilderFlag.FP16)
+  if precision == "int8":  # explicit quantization: the scales are the graph's Q/DQ nodes
+    config.set_flag(trt.BuilderFlag.INT8)
+    if builder.platform_has_fast_fp16:
+      config.set_flag(trt.BuilderFlag.FP16)
 
   names = [network.get_input(i).name for i in range(network.num_inputs)]
   profile = builder.create_optimization_profile()
@@ -239,7 +251,12 @@ def export(
   require_tensorrt()  # before any work: a clear error where TensorRT is absent
   from kdjax.export import onnx as onnx_export
 
-  extra = onnx_export.export(source, out_dir, "fp32")
+  if precision == "int8":  # the QDQ graph with float biases (TensorRT takes no int32 Q/DQ)
+    from kdjax.export import onnx_qdq
+
+    extra = onnx_qdq.export(source, out_dir, quantize_bias=False)
+  else:
+    extra = onnx_export.export(source, out_dir, "fp32")
   if shapes is None:
     shapes = collect_shapes(source, texts=texts, batch_size=batch_size)
   limit = onnx_export.length_limit(source)
@@ -255,6 +272,8 @@ def export(
   extra["shapes"] = shapes
   extra["max_abs_diff_reference"] = (
     "JAX fp32 forward vs the FP32 ONNX in onnxruntime (not the engine)"
+    if precision != "int8"
+    else "simulated-INT8 JAX model vs the QDQ ONNX in onnxruntime (not the engine)"
   )
   extra["trtexec"] = trtexec_command(onnx_export.MODEL_FILE, PLAN_FILE, shapes, precision)
   return extra
