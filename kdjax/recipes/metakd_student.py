@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from kdjax.data.metakd import LABELS
-from kdjax.losses import attention_mse, embedding_mse, hidden_mse, soft_cross_entropy
+from kdjax.losses import soft_cross_entropy
 from kdjax.losses.metakd import (
   content_mean,
   domain_expertise,
@@ -68,7 +68,13 @@ from kdjax.recipes.metakd_teacher import (
   make_task,
   read_meta,
 )
-from kdjax.recipes.tinybert import PROJ, project, projection_params, resolve_layer_map
+from kdjax.recipes.tinybert import (
+  PROJ,
+  intermediate_terms,
+  project,
+  projection_params,
+  resolve_layer_map,
+)
 
 STAGES = ("first", "second")
 
@@ -181,18 +187,7 @@ def build_first(c, workdir):
     proj = params[PROJ]
     sparams = {k: v for k, v in params.items() if k not in (PROJ, BRANCH)}
     s = task_setup.forward(student, sparams, batch, rng, capture_layers="all")
-    kw = {"attention_mask": mask, "weights": w}
-    emb = embedding_mse(
-      project(proj, "embeddings", s.embedding_output), teacher_embeddings=t.embedding_output, **kw
-    )
-    hid = sum(
-      hidden_mse(project(proj, str(i), s.layers[i].hidden), teacher_hidden=t.layers[j].hidden, **kw)
-      for i, j in enumerate(layer_map)
-    )
-    att = sum(
-      attention_mse(s.layers[i].scores, teacher_scores=t.layers[j].scores, **kw)
-      for i, j in enumerate(layer_map)
-    )
+    emb, hid, att = intermediate_terms(s, t, proj, layer_map, mask, w)
     rep_s = domain_representation(
       params[BRANCH], content_mean(s.last_hidden_state, mask), batch["domain_ids"]
     )

