@@ -315,6 +315,8 @@ def test_tiny_chain_end_to_end_then_all_skipped(teacher, tmp_path):
   md = open(os.path.join(W, "report.md")).read()
   assert "| 08_prune |" in md and "speed-up (indicative)" in md
   assert open(os.path.join(W, "report.svg")).read().startswith("<svg")
+  with open(os.path.join(W, "report.png"), "rb") as f:  # matplotlib is a requirement
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
   r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
