@@ -129,6 +129,8 @@ def make_random_model(name: str, out: str, max_length: int) -> str:
   from kdjax import models
   from kdjax.data import Tokenizer
 
+  if os.path.isfile(os.path.join(out, "config.json")):  # from an earlier --workdir run
+    return out
   layers, hidden, heads, ffn = SHAPES[name]
   vdir = vocab_dir()
   if vdir is not None:
@@ -162,10 +164,12 @@ def prepare(name: str, model_dir: str, runtimes, work: str, max_length: int) -> 
   for rt, fmt in (("torch", "hf"), ("onnx", "onnx"), ("savedmodel", "savedmodel")):
     if rt in runtimes:
       out = os.path.join(work, f"{name}_{fmt}")
+      paths[rt] = out
+      if os.path.isfile(os.path.join(out, "export.json")):  # from an earlier --workdir run
+        continue
       t0 = time.perf_counter()
       export_model(model_dir, out, fmt, max_length=max_length, force=True)
       print(f"  exported {name} -> {fmt} in {time.perf_counter() - t0:.0f}s", flush=True)
-      paths[rt] = out
   return paths
 
 
@@ -344,6 +348,12 @@ def parse_args(argv=None):
   p.add_argument("--idle_load", type=float, default=1.0, help="wait for a load average below")
   p.add_argument("--idle_wait", type=float, default=120.0, help="seconds to wait at most")
   p.add_argument("--child_timeout", type=float, default=1800.0)
+  p.add_argument(
+    "--prepare_only",
+    action="store_true",
+    help="write the random models and exports into --workdir and stop (a later run with the "
+    "same --workdir reuses them, so exporting need not happen on the idle machine)",
+  )
   p.add_argument("--child", nargs=2, metavar=("RUNTIME", "PATH"), help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
@@ -377,6 +387,9 @@ def main(argv=None) -> int:
   for name, d in specs:
     d = d or make_random_model(name, os.path.join(work, name), args.length)
     plans.append((name, prepare(name, d, runtimes, work, args.length)))
+  if args.prepare_only:
+    print(f"prepared {len(plans)} model(s) in {work}")
+    return 0
   rows = []
   for name, paths in plans:
     for rt in runtimes:
