@@ -304,22 +304,25 @@ def resolve(c, workdir: str) -> list[Stage]:
     if builder:
       st.action = lambda st=st, corpus=corpus, builder=builder: CORPUS_BUILDERS[builder](corpus)
 
+  def finetune_stage(name, model_path, **stage_kw):
+    """A configs/finetune.py run of ``model_path`` on the task (teacher or student)."""
+    need_task(name)
+    d = sdir(name)
+    kv = {**task_kv, "model.path": model_path, "progress_bar": "False", **user(name)}
+    cfg = _config_path(block(name).config, f"stages.{name}.config")
+    return Stage(name, name, d, d, commands=[_trainer(cfg, d, kv)], **stage_kw)
+
   # 02 teacher fine-tuning
   if _given(c, "teacher_finetune"):
     given_stage("teacher_finetune", "teacher_finetune", "teacher", _given(c, "teacher_finetune"))
   elif "teacher_finetune" in active:
-    need_task("teacher_finetune")
+    need_task("teacher_finetune")  # checked first, as before: the task, then the teacher
     need_teacher("teacher_finetune")
     d = sdir("teacher_finetune")
-    kv = {**task_kv, "model.path": teacher, "progress_bar": "False", **user("teacher_finetune")}
-    cfg = _config_path(block("teacher_finetune").config, "stages.teacher_finetune.config")
     add(
-      Stage(
+      finetune_stage(
         "teacher_finetune",
-        "teacher_finetune",
-        d,
-        d,
-        commands=[_trainer(cfg, d, kv)],
+        teacher,
         paths={"teacher": teacher, **({"data_dir": data_dir} if data_dir else {})},
         outputs={"export": os.path.join(d, "export")},
         role="teacher",
@@ -370,17 +373,10 @@ def resolve(c, workdir: str) -> list[Stage]:
   if _given(c, "student_finetune"):
     given_stage("student_finetune", "student_finetune", "student", _given(c, "student_finetune"))
   elif "student_finetune" in active:
-    need_task("student_finetune")
-    d = sdir("student_finetune")
-    kv = {**task_kv, "model.path": init_path, "progress_bar": "False", **user("student_finetune")}
-    cfg = _config_path(block("student_finetune").config, "stages.student_finetune.config")
     add(
-      Stage(
+      finetune_stage(
         "student_finetune",
-        "student_finetune",
-        d,
-        d,
-        commands=[_trainer(cfg, d, kv)],
+        init_path,
         deps=init_deps(),
         paths={} if init_deps() else {"student": init_path},
       )
