@@ -21,11 +21,13 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.runlib import read_jsonl, sh  # noqa: E402
+
 EXPORTS = (
   ("jax", "fp32"),
   ("jax", "bf16"),
@@ -33,23 +35,6 @@ EXPORTS = (
   ("onnx", "fp16"),
   ("savedmodel", "fp32"),
 )
-
-
-def sh(args, log) -> float:
-  t0 = time.perf_counter()
-  env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", TF_CPP_MIN_LOG_LEVEL="3")
-  with open(log, "w") as f:
-    r = subprocess.run(
-      [sys.executable, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
-    )
-  if r.returncode:
-    raise SystemExit(f"failed ({r.returncode}): {' '.join(args)}\n  see {log}")
-  return time.perf_counter() - t0
-
-
-def read_jsonl(path):
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(x) for x in f if x.strip()]
 
 
 def main(argv=None) -> int:

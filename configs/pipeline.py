@@ -36,6 +36,9 @@ Variants:
   rotten_tomatoes  the benchmark: 3L/384H student from random init, general distillation on the
                    Rotten Tomatoes texts, fine-tuning (teacher, and the student alone),
                    TinyBERT, vanilla KD, pruning and INT8 of vanilla KD's student, ONNX
+  compress         the compression chain on the real model (benchmarks/compress_stages.py):
+                   all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes -> width 0.75 pruning ->
+                   INT8 (4 calibration algorithms x 4 / 8 batches) -> INT8 QDQ ONNX
 """
 
 import ml_collections
@@ -177,7 +180,30 @@ def _rotten_tomatoes(c):
   s.quantize.overrides = "batch_nums=4;8"
 
 
-VARIANTS = {"tiny": _tiny, "demo": _demo, "rotten_tomatoes": _rotten_tomatoes}
+def _compress(c):
+  """PP-MiniLM's compression path on the real model: fine-tune -> prune 0.75 -> INT8 -> ONNX."""
+  _rt_common(c)
+  s = c.stages
+  s.order = "teacher_finetune,prune,quantize,export"
+  task = "max_seq_length=64 batch_size=32 logging_steps=50"
+  # the :rotten_tomatoes teacher's budget
+  s.teacher_finetune.overrides = (
+    f"{task} max_steps=800 eval_steps=200 save_steps=200 learning_rate=5e-5"
+  )
+  s.prune.source = "teacher_finetune"
+  s.prune.overrides = (
+    f"{task} max_steps=400 eval_steps=200 save_steps=200 learning_rate=5e-5 "
+    "prune.importance_batches=8"
+  )
+  s.quantize.overrides = "batch_nums=4;8"
+
+
+VARIANTS = {
+  "tiny": _tiny,
+  "demo": _demo,
+  "rotten_tomatoes": _rotten_tomatoes,
+  "compress": _compress,
+}
 ALIASES = {"order": "stages.order", "input_dir": "corpus.input_dir"}
 
 
