@@ -16,12 +16,15 @@ Keys (``:arg`` is a comma list of variants and ``key=value`` pairs, kdjax/config
   corpus.input_dir     unlabelled text for general distillation (a directory of text files),
   corpus.builder       or a bundled corpus written into workdir/corpus/ (rotten_tomatoes)
   stages.order         comma list, in this order: general_distill, teacher_finetune,
-                       student_finetune, tinybert, vanilla_kd, metakd (not yet), prune,
-                       quantize, export
+                       student_finetune, tinybert, vanilla_kd, metakd, prune, quantize,
+                       export
   stages.<s>.config    the stage's config file[:arg]
   stages.<s>.overrides "key=value ..." for that run (as --config.key=value)
   stages.<s>.model     an existing model instead of running the stage
   stages.tinybert.intermediate_overrides / prediction_overrides   per TinyBERT run
+  stages.metakd.data_dir / genre / domains   Meta-KD's multi-domain data and target domain;
+                       teacher_config, teacher_overrides (meta-teacher), first_overrides /
+                       second_overrides (meta-student stages), overrides (all three)
   stages.{prune,quantize,export}.source   the stage whose model it takes (default: the latest)
   stages.export.formats                   comma list of onnx, savedmodel, jax, hf, tensorrt
   report.*             speed timing of the report (batch, length, repeats; speed=False: off)
@@ -65,7 +68,19 @@ def base_config():
       student_finetune=_stage("configs/finetune.py"),
       tinybert=_stage("configs/tinybert.py", intermediate_overrides="", prediction_overrides=""),
       vanilla_kd=_stage("configs/vanilla_kd.py"),
-      metakd=_stage(""),
+      # data_dir: raw SENTI train.tsv + dev.tsv (or prepared train_with_weights.tsv +
+      # dev_standard.tsv); genre: the target domain; domains: their order (default: sorted)
+      metakd=_stage(
+        "configs/metakd_student.py",
+        teacher_config="configs/metakd_teacher.py",
+        data_dir="",
+        genre="",
+        domains="",
+        encoder="",  # the embeddings' encoder (default: teacher)
+        teacher_overrides="",
+        first_overrides="",
+        second_overrides="",
+      ),
       prune=_stage("configs/prune.py", source=""),
       quantize=_stage("configs/quantize.py", source=""),
       export=_stage("", source="", formats="onnx"),
@@ -102,6 +117,10 @@ def _tiny(c):
   s.tinybert.overrides = steps
   s.vanilla_kd.config = "configs/vanilla_kd.py:tiny"
   s.vanilla_kd.overrides = steps
+  s.metakd.config = "configs/metakd_student.py:tiny"
+  s.metakd.teacher_config = "configs/metakd_teacher.py:tiny"
+  s.metakd.overrides = "max_steps=2 save_steps=2 logging_steps=1 max_seq_length=16"
+  s.metakd.second_overrides = "eval_steps=2"
   s.prune.config = "configs/prune.py:tiny"
   s.prune.overrides = steps
   s.quantize.config = "configs/quantize.py:tiny"

@@ -18,7 +18,10 @@ corpus, the task and the stages to run, in this order (``stages.order``, a comma
   05                    and 05_tinybert_prediction (from 04's export)
   06 vanilla_kd         kdjax.evaluate (the teacher's training-split logits), then kdjax.train,
                         configs/vanilla_kd.py
-  07 metakd             not yet wired (multi-domain data: run configs/metakd_*.py by hand)
+  07 metakd             kdjax.metakd_prep (embeddings, prototype weights, dev file), then
+                        kdjax.train: configs/metakd_teacher.py from ``teacher`` on every domain
+                        of ``stages.metakd.data_dir``, configs/metakd_student.py stage first
+                        and second for ``stages.metakd.genre`` (all in 07_metakd/)
   08 prune              kdjax.train, configs/prune.py: width pruning of the last student
   09 quantize           kdjax.compress.quantize, configs/quantize.py: INT8 of the pruned model
   10 export             kdjax.export SRC OUT --format=F for each of ``stages.export.formats``
@@ -85,7 +88,8 @@ STAGE_NAMES = (
   "export",
 )
 EXPANDS = {"tinybert": ("tinybert_intermediate", "tinybert_prediction")}
-STUDENT_STAGES = ("student_finetune", "tinybert_prediction", "vanilla_kd")  # task-level students
+# task-level students (the default source of prune / quantize / export: the latest present)
+STUDENT_STAGES = ("student_finetune", "tinybert_prediction", "vanilla_kd", "metakd")
 TRAINER_STAGES = (
   "general_distill",
   "teacher_finetune",
@@ -206,12 +210,6 @@ def resolve(c, workdir: str) -> list[Stage]:
     if key in c.stages and c.stages[key].get("model") and not os.path.exists(_given(c, key)):
       raise PipelineError(f"config key 'stages.{key}.model': {_given(c, key)} does not exist")
   active = [n for n in STAGE_NAMES if n in names or _given(c, n)]
-  if "metakd" in active:
-    raise PipelineError(
-      "config key 'stages.order': stage 'metakd' is not wired into the pipeline yet "
-      "(multi-domain data): run configs/metakd_teacher.py / configs/metakd_student.py "
-      "with kdjax.train, then give its model as stages.vanilla_kd.model or prune's source"
-    )
   task, data_dir = str(c.task or ""), _abs(str(c.data_dir or ""))
   teacher = _abs(str(c.teacher or ""))
   task_kv = {"task": task, **({"data_dir": data_dir} if data_dir else {})}
@@ -330,7 +328,9 @@ def resolve(c, workdir: str) -> list[Stage]:
     )
   ft_teacher = out.get("teacher_finetune")
 
-  task_students = [n for n in ("student_finetune", "tinybert", "vanilla_kd") if n in active]
+  task_students = [
+    n for n in ("student_finetune", "tinybert", "vanilla_kd", "metakd") if n in active
+  ]
   init: Stage | None = out.get("general_distill")
   init_path = init.output if init else student_path
   if init is None and not student_path and any(not _given(c, n) for n in task_students):
@@ -471,6 +471,15 @@ def resolve(c, workdir: str) -> list[Stage]:
       )
     )
 
+  # 07 Meta-KD: prep -> meta-teacher (from ``teacher``, every domain) -> meta-student first
+  # and second for the target genre (from the student)
+  if _given(c, "metakd"):
+    given_stage("metakd", "metakd", "student", _given(c, "metakd"))
+  elif "metakd" in active:
+    add(
+      metakd_stage(block("metakd"), sdir("metakd"), teacher, init_path, init_deps(), need_teacher)
+    )
+
   def source_of(key: str, prefer: tuple[str, ...]) -> Stage:
     """The model a compression stage works on: stages.<key>.source, else the latest of
     ``prefer`` that is present."""
@@ -578,6 +587,128 @@ def resolve(c, workdir: str) -> list[Stage]:
   for st in stages:
     check_config_keys(st)
   return stages
+
+
+def _with_arg(spec: str, item: str) -> str:
+  """``configs/x.py[:arg]`` with ``item`` appended to its ``:arg``."""
+  if not item:
+    return spec
+  return f"{spec},{item}" if ":" in spec else f"{spec}:{item}"
+
+
+def metakd_stage(b, d: str, teacher: str, init_path: str, deps: list, need_teacher) -> Stage:
+  """Stage 07: ``kdjax.metakd_prep`` (embeddings with ``stages.metakd.encoder`` or the teacher,
+  prototype weights, the dev file in the standard layout; skipped when ``data_dir`` already
+  holds ``train_with_weights.tsv`` and ``dev_standard.tsv``), the meta-teacher from
+  ``teacher`` on every domain (``teacher_config``), then the meta-student for ``genre``:
+  stage first (``first_overrides``) from the student, stage second (``second_overrides``)
+  from first's export. ``overrides`` go to all three runs. Output: stage second's workdir."""
+  from kdjax.data import metakd as M
+
+  need_teacher("metakd")
+  raw = _abs(str(b.get("data_dir") or ""))
+  if not raw:
+    raise PipelineError(
+      "config key 'stages.metakd.data_dir' is not set (a folder of raw SENTI train.tsv and "
+      "dev.tsv, e.g. from python -m kdjax.metakd_prep split_amazon)"
+    )
+  genre = str(b.get("genre") or "")
+  if not genre:
+    raise PipelineError("config key 'stages.metakd.genre' is not set (the target domain)")
+  domains = [t.strip() for t in str(b.get("domains") or "").replace(";", ",").split(",")]
+  domains = [t for t in domains if t]
+  if domains and genre not in domains:
+    raise PipelineError(
+      f"config key 'stages.metakd.genre': {genre!r} is not among stages.metakd.domains "
+      f"({', '.join(domains)})"
+    )
+  prepared = all(os.path.isfile(os.path.join(raw, f)) for f in (M.TRAIN_FILE, M.DEV_FILE))
+  if not prepared:
+    for f in ("train.tsv", "dev.tsv"):
+      if not os.path.isfile(os.path.join(raw, f)):
+        raise PipelineError(
+          f"config key 'stages.metakd.data_dir': {raw} has neither {f} (raw SENTI layout) "
+          f"nor {M.TRAIN_FILE} + {M.DEV_FILE} (prepared)"
+        )
+  senti = raw if prepared else os.path.join(d, "data")
+  common = parse_overrides(b.get("overrides", ""), "stages.metakd.overrides")
+  length = common.get("max_seq_length")
+  # the trainers' domain order is domains, else the file's names sorted (their default)
+  arg = f"domains={';'.join(domains)}" if domains else ""
+  cmds = []
+  if not prepared:
+    if not domains:
+      try:
+        rows = M.read_raw_senti(os.path.join(raw, "train.tsv"))
+      except ValueError as e:
+        raise PipelineError(f"config key 'stages.metakd.data_dir': {e}") from None
+      domains = sorted({r.domain for r in rows})
+      if genre not in domains:
+        raise PipelineError(
+          f"config key 'stages.metakd.genre': {genre!r} is not a domain of "
+          f"{raw}/train.tsv ({', '.join(domains)})"
+        )
+    enc = _abs(str(b.get("encoder") or "")) or teacher
+    prep = ["-m", "kdjax.metakd_prep"]
+    cmds += [
+      [
+        *prep,
+        "extract_embeddings",
+        f"--model={enc}",
+        f"--input={raw}/train.tsv",
+        f"--output={senti}/train.embeddings.tsv",
+        *([f"--max_seq_length={length}"] if length else []),
+      ],
+      [
+        *prep,
+        "compute_weights",
+        f"--input={senti}/train.embeddings.tsv",
+        f"--output={senti}/{M.TRAIN_FILE}",
+        f"--domains={','.join(domains)}",
+      ],
+      [*prep, "standardize", f"--input={raw}/dev.tsv", f"--output={senti}/{M.DEV_FILE}"],
+    ]
+  wt, w1, w2 = (os.path.join(d, x) for x in ("meta_teacher", "student_first", "student_second"))
+  base = {"data_dir": senti, "progress_bar": "False", **common}
+  t_cfg = _with_arg(
+    _config_path(str(b.get("teacher_config") or ""), "stages.metakd.teacher_config"), arg
+  )
+  s_cfg = _with_arg(_config_path(b.config, "stages.metakd.config"), arg)
+  cmds.append(
+    _trainer(
+      t_cfg,
+      wt,
+      {
+        "model.path": teacher,
+        **base,
+        **parse_overrides(b.get("teacher_overrides", ""), "stages.metakd.teacher_overrides"),
+      },
+    )
+  )
+  for stage_name, w, student, key in (
+    ("first", w1, init_path, "first_overrides"),
+    ("second", w2, os.path.join(w1, "export"), "second_overrides"),
+  ):
+    kv = {
+      "stage": stage_name,
+      "genre": genre,
+      "teacher.path": os.path.join(wt, "export"),
+      "student.path": student,
+      **base,
+      **parse_overrides(b.get(key, ""), f"stages.metakd.{key}"),
+    }
+    cmds.append(_trainer(s_cfg, w, kv))
+  return Stage(
+    "metakd",
+    "metakd",
+    d,
+    w2,
+    commands=cmds,
+    deps=deps,
+    paths={"teacher": teacher, "data_dir": raw, **({} if deps else {"student": init_path})},
+    outputs={"export": os.path.join(w2, "export")},
+    settings={"dev_key": "eval/score", "metric": f"{genre}/accuracy"},
+  )
 
 
 _CONFIG_MODULES: dict = {}

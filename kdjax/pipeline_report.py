@@ -164,13 +164,15 @@ def dev_metric(path: str, task: str, data_dir: str, out_dir: str, batch_size: in
   return t.main_metric, res[split].get(t.main_metric)
 
 
-def trainer_dev_metric(model: str, task: str):
+def trainer_dev_metric(model: str, task: str, key: str = "", metric: str = ""):
   """(metric, value) the trainer logged at the best dev checkpoint of the run that produced
-  ``model`` (a workdir, or a prune run's ``export/``); None when it logged none."""
+  ``model`` (a workdir, or a prune run's ``export/``); None when it logged none. ``key`` /
+  ``metric``: the logged key and its name where the task's own do not apply (the Meta-KD
+  student logs its target domain's accuracy as ``eval/score``)."""
   from kdjax.data.task import get_classification_task
   from kdjax.models import native
 
-  t = get_classification_task(task)
+  t = None if key else get_classification_task(task)
   workdir, prefix = model, ""
   prune_json = os.path.join(model, "prune.json")
   if os.path.isfile(prune_json):  # prune export: the run's score at the exported width
@@ -183,7 +185,8 @@ def trainer_dev_metric(model: str, task: str):
   path = os.path.join(workdir, "metrics.jsonl")
   if step is None or not os.path.isfile(path):
     return None
-  key = f"eval/{prefix}{t.eval_splits[0]}/{t.main_metric}"
+  if not key:
+    key, metric = f"eval/{prefix}{t.eval_splits[0]}/{t.main_metric}", t.main_metric
   with open(path) as f:
     for line in f:
       try:
@@ -191,7 +194,7 @@ def trainer_dev_metric(model: str, task: str):
       except ValueError:
         continue
       if rec.get("step") == step and key in rec:
-        return t.main_metric, float(rec[key])
+        return metric, float(rec[key])
   return None
 
 
@@ -267,7 +270,13 @@ def _entry(c, stage, teacher_path: str | None, cache_dir: str) -> dict:
   except Exception as err:
     e["notes"].append(f"params: {type(err).__name__}: {err}")
   e["bytes"] = weight_bytes(model)
-  if stage.role not in ("encoder", "intermediate") and task:
+  dev_key = stage.settings.get("dev_key", "")
+  if dev_key:  # Meta-KD: the target domain's accuracy, as logged (no task of the registry)
+    logged = trainer_dev_metric(model, task, dev_key, stage.settings.get("metric", ""))
+    if logged is not None:
+      e["metric"], e["value"] = logged
+      e["notes"].append("dev: as logged by the trainer at the best checkpoint")
+  elif stage.role not in ("encoder", "intermediate") and task:
     try:
       logged = trainer_dev_metric(model, task) if rc.dev_from == "trainer" else None
       if logged is not None:

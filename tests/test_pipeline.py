@@ -123,7 +123,7 @@ def test_resolution_order_given_models_and_derived_overrides(teacher, tmp_path):
       r"needs a fine-tuned teacher.*'stages.teacher_finetune.model'",
     ),
     ({"stages.order": "general_distill"}, r"'corpus.input_dir' is not set"),
-    ({"stages.order": "teacher_finetune,metakd"}, r"'metakd' is not wired into the pipeline yet"),
+    ({"stages.order": "teacher_finetune,metakd"}, r"'stages.metakd.data_dir' is not set"),
     ({"stages.export.formats": "tflite"}, r"'stages.export.formats': unknown format 'tflite'"),
     ({"stages.prune.source": "tinybert"}, r"'stages.prune.source': 'tinybert_prediction' is not"),
     ({"stages.teacher_finetune.model": "/nonexistent/x"}, r"'stages.teacher_finetune.model'"),

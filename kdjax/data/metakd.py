@@ -181,7 +181,9 @@ def read_embeddings_file(path, domains=None):
 
 
 def write_senti(path, examples, domains, last_column, *, labels=LABELS, header=SENTI_HEADER):
-  """A standard SENTI file; ``last_column[i]`` is the weight (or embedding string) of row i."""
+  """A standard SENTI file; ``last_column[i]`` is the weight (or embedding string) of row i.
+  Its folder is created."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", encoding="utf-8") as f:
     f.write("\t".join(header) + "\n")
     for ex, last in zip(examples, last_column):
@@ -222,6 +224,7 @@ def read_raw_senti(path: str | os.PathLike) -> list[RawReview]:
 
 
 def write_raw_senti(path, reviews: Sequence[RawReview]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", encoding="utf-8", newline="") as f:
     w = csv.writer(f, delimiter="\t", lineterminator="\n")
     w.writerow(RAW_HEADER)
