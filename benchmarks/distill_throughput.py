@@ -2,7 +2,6 @@
 
   python benchmarks/distill_throughput.py                    # tiny and base shapes
   python benchmarks/distill_throughput.py --shapes=base --steps=10 --teacher_dtype=bfloat16
-  python benchmarks/distill_throughput.py --torch_baseline   # + the same step in PyTorch eager
 
 Shapes (randomly initialised: speed does not depend on trained weights):
   tiny: teacher 4L/64H -> student 2L/32H, batch 8 x 32
@@ -10,10 +9,11 @@ Shapes (randomly initialised: speed does not depend on trained weights):
         48 relation heads, batch 32 x 128 (the issue's reference shape)
 
 Prints examples/s, tokens/s, step time, peak memory (device memory stats where the backend
-has them, else the process's peak RSS) and MFU where the device's peak FLOP/s is known. With
---torch_baseline it also times a PyTorch eager implementation of the same step (HF BertModel
-teacher under no_grad, Q/K/V from forward hooks, relation KL, AdamW) in the same process and
-prints the kdjax / torch throughput ratio.
+has them, else the process's peak RSS) and MFU where the device's peak FLOP/s is known.
+
+Against PyTorch, TextBrewer and PaddleNLP: ``benchmarks/peers/run.py``, which runs this step and
+each peer's in its own process, alternating. (The in-process PyTorch baseline this script once
+had is gone: sharing the process with XLA's threads slowed PyTorch, so its ratio flattered kdjax.)
 """
 
 from __future__ import annotations
@@ -171,85 +171,6 @@ def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32")
   )
 
 
-def bench_torch(name, shape, steps):
-  """The same step in PyTorch eager: HF BertModel teacher/student, relation KL, AdamW."""
-  import torch
-  import transformers
-
-  def hf(dims):
-    layers, hidden, heads, ffn = dims
-    return transformers.BertModel(
-      transformers.BertConfig(
-        vocab_size=shape["vocab"],
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=ffn,
-        attn_implementation="eager",
-      ),
-      add_pooling_layer=False,
-    )
-
-  dev = "cuda" if torch.cuda.is_available() else "cpu"
-  if dev == "cuda":  # XLA uses TF32 for float32 matmuls on GPU by default; match it
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-  teacher, student = hf(shape["teacher"]).eval().to(dev), hf(shape["student"]).train().to(dev)
-  teacher.encoder.layer = teacher.encoder.layer[: shape["teacher"][0]]
-  opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.01)
-  r = shape["relation_heads"]
-  grabbed = {}
-
-  def hooks(model, tag):
-    att = model.encoder.layer[-1].attention.self
-    for n in ("query", "key", "value"):
-      getattr(att, n).register_forward_hook(
-        lambda _m, _i, out, n=n: grabbed.__setitem__((tag, n), out)
-      )
-
-  hooks(teacher, "t")
-  hooks(student, "s")
-  b = {k: torch.tensor(v, dtype=torch.long, device=dev) for k, v in _batch(shape).items()}
-  key_mask = (1.0 - b["attention_mask"][:, None, None, :].float()) * -1e30
-
-  def relation(x):
-    bsz, l, h = x.shape
-    x = x.view(bsz, l, r, h // r).transpose(1, 2)
-    return torch.log_softmax(x @ x.transpose(-1, -2) / (h // r) ** 0.5 + key_mask, -1)
-
-  def step():
-    with torch.no_grad():
-      teacher(b["input_ids"], attention_mask=b["attention_mask"])
-    student(b["input_ids"], attention_mask=b["attention_mask"])
-    loss = 0.0
-    rows = b["attention_mask"][:, None, :, None].float()
-    for n in ("query", "key", "value"):
-      lt, ls = relation(grabbed[("t", n)]), relation(grabbed[("s", n)])
-      kl = (lt.exp() * (lt - ls)).sum(-1, keepdim=True)
-      loss = loss + (kl * rows).sum() / (rows.sum() * r)
-    opt.zero_grad()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-    opt.step()
-    return loss
-
-  float(step())
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    loss = step()
-  float(loss)  # waits for the device
-  dt = (time.perf_counter() - t0) / steps
-  return dict(
-    impl="torch-eager",
-    shape=name,
-    step_s=dt,
-    examples_per_s=shape["batch"] / dt,
-    tokens_per_s=float(b["attention_mask"].sum()) / dt,
-    threads=torch.get_num_threads(),
-    device=dev,
-  )
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -263,7 +184,6 @@ def main(argv=None):
     choices=["float32", "bfloat16"],
     help="student compute dtype (params stay float32)",
   )
-  p.add_argument("--torch_baseline", action="store_true")
   p.add_argument("--json", default="", help="also write the results to this file")
   args = p.parse_args(argv)
   results = []
@@ -279,15 +199,6 @@ def main(argv=None):
         f"{r['num_devices']}, teacher {r['teacher_dtype']}, student {r['student_dtype']})",
         flush=True,
       )
-      if args.torch_baseline:
-        t = bench_torch(name, SHAPES[name], args.steps)
-        t["kdjax_over_torch"] = r["examples_per_s"] / t["examples_per_s"]
-        results.append(t)
-        print(
-          f"[torch] {name:5s} {t['examples_per_s']:9.1f} ex/s {t['tokens_per_s']:10.0f} tok/s "
-          f"step {1000 * t['step_s']:8.1f} ms  -> kdjax/torch = {t['kdjax_over_torch']:.2f}x",
-          flush=True,
-        )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=2)
