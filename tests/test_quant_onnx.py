@@ -322,3 +322,18 @@ def test_cli_bad_inputs(clf, tmp_path):
   c = quantize_config.get_config(f"tiny,task=sst-2,data_dir={GLUE}")
   with pytest.raises(ValueError, match="config key 'model'"):
     run(c, str(tmp_path / "w4"))
+
+
+def test_export_check_bound_is_absolute_or_relative(qdir, exported, tmp_path, monkeypatch):
+  """The export refuses a graph whose onnxruntime outputs stray from the simulated model by more
+  than max(BOUND, BOUND_REL x max |output|), naming both, and records the bound it used."""
+  from kdjax.export import onnx_qdq
+  from kdjax.export.source import load_source
+
+  _, manifest = exported
+  assert manifest["max_abs_diff_bound"] >= onnx_qdq.BOUND
+  monkeypatch.setattr(onnx_qdq, "BOUND", -1.0)
+  monkeypatch.setattr(onnx_qdq, "BOUND_REL", 0.0)
+  (tmp_path / "bad").mkdir()
+  with pytest.raises(ValueError, match=r"INT8 ONNX check failed: .* max\(-1.0, 0.0 x max"):
+    onnx_qdq.export(load_source(qdir), str(tmp_path / "bad"))
