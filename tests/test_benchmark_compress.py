@@ -4,22 +4,17 @@ it asserts no speed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
+import helpers_env
 from helpers_classification import GLUE, write_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location(
-    "bench_compress", os.path.join(ROOT, "benchmarks", "compress_stages.py")
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return helpers_env.load_script("benchmarks/compress_stages.py")
 
 
 def test_compress_stages_smoke(tmp_path, capsys):

@@ -3,20 +3,16 @@ it measures, it asserts no speed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+
+import helpers_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _module():
-  spec = importlib.util.spec_from_file_location(
-    "bench_inference", os.path.join(ROOT, "benchmarks", "inference.py")
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return helpers_env.load_script("benchmarks/inference.py")
 
 
 def test_inference_benchmark_smoke(tmp_path, capsys):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import helpers_env
 import pytest
 from helpers_classification import GLUE, write_tiny_model
 
@@ -108,14 +109,10 @@ def test_exported_weights_are_world_readable_like_other_files(tmp_path, clf):
 
 
 def test_zero_relation_heads_is_a_config_error(tmp_path, clf):
-  import importlib.util
 
   from kdjax.recipes.general_distill import GeneralDistill
 
-  spec = importlib.util.spec_from_file_location("mv2", os.path.join(ROOT, "configs", "minilmv2.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("tiny")
+  c = helpers_env.config("minilmv2", "tiny")
   c.teacher.path = clf
   c.num_relation_heads = 0
   c.teacher_layer_index, c.student_layer_index = 1, 0

@@ -1,6 +1,5 @@
 """MiniLMv2 / PP-MiniLM general distillation end to end on tiny models (train.run and CLI)."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -8,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import helpers_env
 import jax
 import numpy as np
 import pytest
@@ -24,10 +24,7 @@ WORDS = (
 
 
 def _config(name, arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return helpers_env.config(name, arg)
 
 
 @pytest.fixture(scope="module")

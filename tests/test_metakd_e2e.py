@@ -4,10 +4,10 @@ all through ``python -m kdjax.train``'s ``run`` and ``kdjax.metakd_prep``'s ``ma
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
+import helpers_env
 import jax
 import numpy as np
 import pytest
@@ -21,10 +21,7 @@ AMAZON = os.path.join(ROOT, "tests", "fixtures", "metakd_amazon", "sorted_data_a
 
 
 def _config(name, arg):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return helpers_env.config(name, arg)
 
 
 def _metrics(workdir):

@@ -5,12 +5,12 @@ second invocation skips every stage."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
+import helpers_env
 import pytest
 from helpers_classification import GLUE, write_tiny_model
 
@@ -21,12 +21,7 @@ SST2 = os.path.join(GLUE, "SST-2")
 
 
 def _config(arg):
-  spec = importlib.util.spec_from_file_location(
-    "pipeline_config", os.path.join(ROOT, "configs", "pipeline.py")
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return helpers_env.config("pipeline", arg)
 
 
 @pytest.fixture(scope="module")

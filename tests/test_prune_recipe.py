@@ -5,10 +5,10 @@ stock transformers read, resume."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 
+import helpers_env
 import jax
 import numpy as np
 import pytest
@@ -22,12 +22,7 @@ SST2 = os.path.join(GLUE, "SST-2")
 
 
 def _config(arg):
-  spec = importlib.util.spec_from_file_location(
-    "prune_config", os.path.join(ROOT, "configs", "prune.py")
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return helpers_env.config("prune", arg)
 
 
 @pytest.fixture(scope="module")

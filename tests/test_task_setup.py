@@ -1,10 +1,10 @@
 """The shared task setup: per-example weights and domain ids in batches, the evaluation
 cadence, the one meaning of the model path keys, and TinyBERT's regression target."""
 
-import importlib.util
 import json
 import os
 
+import helpers_env
 import jax
 import numpy as np
 import pytest
@@ -16,12 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(name, arg):
-  spec = importlib.util.spec_from_file_location(
-    f"{name}_cfg", os.path.join(ROOT, "configs", f"{name}.py")
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return helpers_env.config(name, arg)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 """TinyBERT task distillation (recipe "tinybert") on tiny models and the SST-2 fixture."""
 
 import copy
-import importlib.util
 import json
 import os
 import re
 
+import helpers_env
 import jax
 import numpy as np
 import pytest
@@ -19,12 +19,7 @@ SST2 = os.path.join(ROOT, "tests", "fixtures", "glue", "SST-2")
 
 
 def _config(arg):
-  spec = importlib.util.spec_from_file_location(
-    "tinybert_config", os.path.join(ROOT, "configs", "tinybert.py")
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return helpers_env.config("tinybert", arg)
 
 
 def _vocab():

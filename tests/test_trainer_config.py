@@ -1,24 +1,18 @@
 """Trainer config keys of the reference recipes: per-device batch size and the AdamW settings."""
 
-import importlib.util
-import os
-
+import helpers_env
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers_env import ROOT
 
 from kdjax.trainer.config import default_trainer_config, resolve_batch_size
 from kdjax.trainer.optim import decay_mask, make_optimizer, make_schedule
 
 
 def _config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(arg)
+  return helpers_env.config(name, arg)
 
 
 # ------------------------------------------------------------------------ batch size
