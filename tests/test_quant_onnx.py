@@ -138,7 +138,6 @@ def test_onnxruntime_matches_simulated_int8(qdir, exported):
   batches = kx.probe_inputs(src, shapes, seed=3)
   got = kx.ort_outputs(kx.session(os.path.join(out, "model.onnx")), batches, src.output_names)
   ref = onnx_qdq.simulated_outputs(qmodel, src, batches)
-  fp32 = onnx_qdq._fp32_outputs(src, batches)
   assert kx.max_abs_diff(got, ref) <= BOUND
   # opt-in int32 biases: onnxruntime runs the 12 quantized matmuls as integer QGemm kernels
   import onnx
@@ -156,8 +155,11 @@ def test_onnxruntime_matches_simulated_int8(qdir, exported):
   ran = onnx_qdq.optimized_op_types(path)
   assert ran.get("QGemm") == 12 and "DequantizeLinear" not in ran
   got = kx.ort_outputs(kx.session(path), batches, src.output_names)
-  assert kx.max_abs_diff(got, ref) <= 1e-3  # tiny model: no int16 saturation, bias rounding
-  assert kx.max_abs_diff(got, fp32) > 10 * kx.max_abs_diff(got, ref)  # it is quantized
+  # bias rounding, and on AVX2-only CPUs (no VNNI) the int16 saturation of onnxruntime's u8s8
+  # VPMADDUBSW kernel: measured 2.9e-5 here on an AVX2 AMD EPYC, as far from the simulated model
+  # as from fp32 (on the AVX-512 VNNI machine of stop 17 it was >10x closer to the simulated model).
+  # That it runs integer kernels is the QGemm count above.
+  assert kx.max_abs_diff(got, ref) <= 1e-3
   for g, r in zip(got, ref, strict=True):
     assert (np.argmax(g["logits"], -1) == np.argmax(r["logits"], -1)).all()
 
@@ -324,16 +326,58 @@ def test_cli_bad_inputs(clf, tmp_path):
     run(c, str(tmp_path / "w4"))
 
 
-def test_export_check_bound_is_absolute_or_relative(qdir, exported, tmp_path, monkeypatch):
+def test_export_check_bound_is_calibrated_on_flip_noise(qdir, exported, tmp_path, monkeypatch):
   """The export refuses a graph whose onnxruntime outputs stray from the simulated model by more
-  than max(BOUND, BOUND_REL x max |output|), naming both, and records the bound it used."""
+  than max(BOUND, NOISE_FACTOR x flip noise), naming both, and records what it measured."""
   from kdjax.export import onnx_qdq
   from kdjax.export.source import load_source
 
   _, manifest = exported
-  assert manifest["max_abs_diff_bound"] >= onnx_qdq.BOUND
+  noise = manifest["flip_noise"]
+  assert 0.0 <= noise < 1e-4  # the tiny model: float rounding only
+  assert manifest["max_abs_diff_bound"] == max(onnx_qdq.BOUND, onnx_qdq.NOISE_FACTOR * noise)
+  assert manifest["max_abs_diff"] <= manifest["max_abs_diff_bound"]
+  assert manifest["quantizers_checked"] == 12
   monkeypatch.setattr(onnx_qdq, "BOUND", -1.0)
-  monkeypatch.setattr(onnx_qdq, "BOUND_REL", 0.0)
+  monkeypatch.setattr(onnx_qdq, "NOISE_FACTOR", 0.0)
   (tmp_path / "bad").mkdir()
-  with pytest.raises(ValueError, match=r"INT8 ONNX check failed: .* max\(-1.0, 0.0 x max"):
+  with pytest.raises(ValueError, match=r"INT8 ONNX check failed: .* max\(-1.0, 0.0 x flip noise"):
     onnx_qdq.export(load_source(qdir), str(tmp_path / "bad"))
+
+
+def test_flip_noise_measures_scale_perturbations(qdir):
+  """flip_noise is 0 for a 0-ulp change and grows with the perturbation: a 2**20-ulp (~12%)
+  change of every scale moves the outputs by much more than a 1-ulp one."""
+  from kdjax.export import onnx as kx
+  from kdjax.export import onnx_qdq
+  from kdjax.export.source import load_source
+
+  src = load_source(qdir)
+  qp, _ = onnx_qdq.quantized_source(src)
+  batches = kx.probe_inputs(src, kx.probe_shapes(src))
+  assert onnx_qdq.flip_noise(src, qp, batches, ulps=(0,)) == 0.0
+  small = onnx_qdq.flip_noise(src, qp, batches, ulps=(1, -1))
+  big = onnx_qdq.flip_noise(src, qp, batches, ulps=(2**20,))
+  assert big > 100 * max(small, 1e-9)
+
+
+def test_check_quantizers_catches_a_wrong_scale(qdir):
+  """check_quantizers passes the exported graph and names the layer whose QuantizeLinear scale
+  is not the calibrated one."""
+  from onnx import numpy_helper
+
+  from kdjax.export import onnx as kx
+  from kdjax.export import onnx_qdq
+  from kdjax.export.source import load_source
+
+  src = load_source(qdir)
+  qp, _ = onnx_qdq.quantized_source(src)
+  model, _ = onnx_qdq.qdq_model(kx.convert(src, "fp32"), src, qp)
+  scales = onnx_qdq.act_scales(qp, src)
+  batches = kx.probe_inputs(src, kx.probe_shapes(src))
+  assert onnx_qdq.check_quantizers(model, scales, batches) == 12
+  for t in model.graph.initializer:
+    if t.name == "q1_value_x_scale":
+      t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * np.float32(1.5), t.name))
+  with pytest.raises(ValueError, match=r"QuantizeLinear of layer 1 value differs"):
+    onnx_qdq.check_quantizers(model, scales, batches)

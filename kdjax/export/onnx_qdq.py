@@ -33,9 +33,11 @@ departs from PaddleSlim's float bias (checked on the tiny test model only).
 TensorRT builds the float-bias file in explicit-quantization mode (``--int8``, see
 ``kdjax/export/tensorrt.py``) and fuses each ``DQ -> Gemm`` into an INT8 GEMM. The export's numerics check compares onnxruntime with the
 simulated-INT8 JAX model (``kdjax.compress.quant``) on the probe batches: ``max_abs_diff``
-(logits; only rounding-order differences of the integer kernels, and an activation landing on
-a rounding tie, remain: :data:`BOUND`), the predicted labels must agree, and
-``max_abs_diff_fp32`` records the distance to the float model.
+(outputs) must stay within ``max(BOUND, NOISE_FACTOR x flip_noise)``, where ``flip_noise`` is
+how far the simulated model moves from itself under a 1-2 ulp change of its activation scales
+(:func:`flip_noise`; why: :data:`BOUND`); every activation QuantizeLinear is checked exactly
+against NumPy on onnxruntime's own inputs (:func:`check_quantizers`); whether the predicted
+labels agree is recorded, and ``max_abs_diff_fp32`` records the distance to the float model.
 """
 
 from __future__ import annotations
@@ -50,14 +52,21 @@ from kdjax.compress.quant import LINEARS
 
 _LINEAR_ORDER = {n: i for i, n in enumerate(LINEARS)}
 MODEL_FILE = "model.onnx"
-# |onnxruntime int8 - simulated INT8 JAX| on the logits, checked at export (labels must agree
-# too). Not ~1e-6: XLA's float32 division on CPU is not IEEE-exact (1 ulp), so an activation on
-# a round-half boundary can land one int8 step apart (tiny models: 4e-9; the 6-layer MiniLM
-# student: 0.036 on random probe ids; its width-0.75 pruned form: 0.055). One int8 step in an
-# early layer moves the logits in proportion to their size, so the bound is relative too:
-# max(BOUND, BOUND_REL x the largest |logit| of the simulated model).
-BOUND = 0.05
-BOUND_REL = 0.02
+# The numerics check at export: |onnxruntime int8 - simulated INT8 JAX| on the probe outputs
+# must stay within max(BOUND, NOISE_FACTOR x the flip noise), where the flip noise is how far the
+# simulated model moves from itself when every activation scale moves by 1 or 2 float32 ulps
+# (:func:`flip_noise`). Why not a fixed bound: two correct implementations differ in float32
+# summation order (~1e-7 relative), which moves the rare activation that sits within that of a
+# rounding boundary one int8 step; a step in an early layer changes later activations, and on the
+# random length-512 probe ids a 6-layer model amplifies that until whole tokens differ (measured
+# on the fine-tuned MiniLM-L6: 5 flipped activations of 1.4 M in layer 0, half of them in layer 4).
+# The logits then differ by 0.02-0.06 for onnxruntime and by the same for a 1-ulp change of the
+# scales inside JAX (0.032-0.038), so that amount is the model's own sensitivity, not an export
+# fault. A wrong scale, zero point, axis or quantized tensor moves every activation of a layer and
+# lands far above it; :func:`check_quantizers` also checks each QuantizeLinear exactly.
+BOUND = 1e-4
+NOISE_FACTOR = 3.0
+NOISE_ULPS = (1, -1, 2, -2)
 QUANTIZED_OPS = ("MatMul", "Gemm")
 
 
@@ -319,6 +328,74 @@ def optimized_op_types(path: str) -> dict[str, int]:
   return dict(collections.Counter(n.op_type for n in m.graph.node))
 
 
+def act_scales(qp, source) -> dict:
+  """``{(layer, name): float32 activation scale}`` of the source's quantized matmuls."""
+  from kdjax.compress import quant
+
+  return {k: qp.scale(*k) for k in quant.encoder_linears(source.model())}
+
+
+def flip_noise(source, qp, batches, ref=None, ulps=NOISE_ULPS) -> float:
+  """How far the simulated-INT8 model's outputs move when every activation threshold is
+  multiplied by ``1 + k * 2**-23`` (``k`` in ``ulps``): the max over ``k`` of the max abs
+  difference from ``ref`` (the unperturbed outputs). This is the size of the differences that
+  rounding-boundary flips alone cause (see :data:`BOUND`)."""
+  from kdjax.compress import quant
+  from kdjax.export import onnx as kx
+
+  if ref is None:
+    ref = simulated_outputs(quant.quantize_model(source.model(), qp), source, batches)
+  worst = 0.0
+  for k in ulps:
+    f = 1.0 + k * 2.0**-23
+    th = {key: float(np.float32(t) * np.float32(f)) for key, t in qp.thresholds.items()}
+    m = quant.quantize_model(source.model(), quant.QuantParams(th, qp.meta))
+    worst = max(worst, kx.max_abs_diff(simulated_outputs(m, source, batches), ref))
+  return worst
+
+
+def check_quantizers(model, scales: dict, batches) -> int:
+  """Exact check of every activation QuantizeLinear of a QDQ graph in onnxruntime: with the
+  float input ``x`` and int8 output ``q`` of each exposed as graph outputs, ``q`` must equal
+  ``clip(round_half_even(x / s), -128, 127)`` computed in NumPy float32 with the scale of
+  ``scales`` (a wrong scale, zero point or rounding mode fails here, whatever the model's
+  sensitivity). Returns the number of QuantizeLinear nodes checked."""
+  import onnx
+  import onnxruntime as ort
+  from onnx import helper
+
+  from kdjax.compress import quant
+
+  m = onnx.ModelProto()
+  m.CopyFrom(model)
+  g = m.graph
+  have = {o.name for o in g.output}
+  pairs = []
+  for (layer, name), s in scales.items():
+    q = f"q{layer}_{name}_x_q"
+    node = next((n for n in g.node if n.op_type == "QuantizeLinear" and n.output[0] == q), None)
+    if node is None:
+      raise ValueError(f"the QDQ graph has no activation QuantizeLinear for layer {layer} {name}")
+    pairs.append((node.input[0], q, np.float32(s), (layer, name)))
+    for t, ty in ((node.input[0], onnx.TensorProto.FLOAT), (q, onnx.TensorProto.INT8)):
+      if t not in have:
+        g.output.append(helper.make_tensor_value_info(t, ty, None))
+        have.add(t)
+  sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+  names = [o.name for o in sess.get_outputs()]
+  for x in batches:
+    res = dict(zip(names, sess.run(None, x), strict=True))
+    for xin, q, s, key in pairs:
+      want = np.clip(np.round(res[xin].astype(np.float32) / s), quant.QMIN, quant.QMAX)
+      bad = int(np.sum(want != res[q].astype(np.float32)))
+      if bad:
+        raise ValueError(
+          f"INT8 ONNX check failed: onnxruntime's QuantizeLinear of layer {key[0]} {key[1]} "
+          f"differs from round(x / {float(s):.6g}) in {bad} of {want.size} values"
+        )
+  return len(pairs)
+
+
 def export(source, out_dir: str, quantize_bias: bool = False) -> dict:
   """``out_dir/model.onnx`` (QDQ) of a quantized source; checked in onnxruntime against the
   simulated-INT8 JAX model. Returns the manifest fields."""
@@ -340,13 +417,14 @@ def export(source, out_dir: str, quantize_bias: bool = False) -> dict:
   got = kx.ort_outputs(kx.session(path), batches, source.output_names)
   ref = simulated_outputs(qmodel, source, batches)
   diff = kx.max_abs_diff(got, ref)
-  scale = max(float(np.max(np.abs(np.asarray(v)))) for r in ref for v in r.values())
-  bound = max(BOUND, BOUND_REL * scale)
+  noise = flip_noise(source, qp, batches, ref)
+  bound = max(BOUND, NOISE_FACTOR * noise)
   if diff > bound:
     raise ValueError(
       f"INT8 ONNX check failed: onnxruntime differs from the simulated-INT8 JAX model by {diff:.3g}"
-      f" (bound {bound:.3g} = max({BOUND}, {BOUND_REL} x max |output| {scale:.3g}))"
+      f" (bound {bound:.3g} = max({BOUND}, {NOISE_FACTOR} x flip noise {noise:.3g}))"
     )
+  quantizers = check_quantizers(model, act_scales(qp, source), batches[:1])
   agree = None
   if source.head == "classification":  # recorded (probe ids are random: near-ties possible)
     agree = all(
@@ -356,6 +434,8 @@ def export(source, out_dir: str, quantize_bias: bool = False) -> dict:
   return {
     "max_abs_diff": diff,
     "max_abs_diff_bound": bound,
+    "flip_noise": noise,
+    "quantizers_checked": quantizers,
     "max_abs_diff_reference": "simulated-INT8 JAX model (kdjax.compress.quant)",
     "max_abs_diff_fp32": kx.max_abs_diff(got, _fp32_outputs(source, batches)),
     "labels_agree": agree,
@@ -375,8 +455,12 @@ def export(source, out_dir: str, quantize_bias: bool = False) -> dict:
 
 __all__ = [
   "BOUND",
+  "NOISE_FACTOR",
+  "act_scales",
+  "check_quantizers",
   "check_signature",
   "export",
+  "flip_noise",
   "match_nodes",
   "optimized_op_types",
   "qdq_model",
