@@ -373,7 +373,7 @@ def test_check_quantizers_catches_a_wrong_scale(qdir):
   src = load_source(qdir)
   qp, _ = onnx_qdq.quantized_source(src)
   model, _ = onnx_qdq.qdq_model(kx.convert(src, "fp32"), src, qp)
-  scales = onnx_qdq.act_scales(qp, src)
+  scales = onnx_qdq.act_scales(qp)
   batches = kx.probe_inputs(src, kx.probe_shapes(src))
   assert onnx_qdq.check_quantizers(model, scales, batches) == 12
   for t in model.graph.initializer:

@@ -166,7 +166,7 @@ def rewrite(model, kernels: dict, act_scales: dict, quantize_bias: bool = False)
   for idx, node in enumerate(g.node):
     if idx in at:
       (layer, lname), trans_b = at[idx]
-      p = f"q{layer}_{lname}"
+      p = _node_prefix(layer, lname)
       names[layer, lname] = node.name
       # activation: per-tensor QDQ
       s = np.asarray(act_scales[layer, lname], np.float32).reshape(())
@@ -273,8 +273,7 @@ def qdq_model(float_onnx, source, qp=None, quantize_bias: bool = False):
   model = source.model()
   lin = quant.encoder_linears(model)
   kernels = {k: np.asarray(m.kernel[...], np.float32) for k, m in lin.items()}
-  scales = {k: qp.scale(*k) for k in lin}
-  return rewrite(float_onnx, kernels, scales, quantize_bias)
+  return rewrite(float_onnx, kernels, act_scales(qp), quantize_bias)
 
 
 def simulated_outputs(qmodel, source, batches) -> list[dict[str, np.ndarray]]:
@@ -328,11 +327,15 @@ def optimized_op_types(path: str) -> dict[str, int]:
   return dict(collections.Counter(n.op_type for n in m.graph.node))
 
 
-def act_scales(qp, source) -> dict:
-  """``{(layer, name): float32 activation scale}`` of the source's quantized matmuls."""
-  from kdjax.compress import quant
+def act_scales(qp) -> dict:
+  """``{(layer, name): float32 activation scale}`` of every calibrated matmul (``qp`` is checked
+  against the model when read: :func:`quantized_source`)."""
+  return {k: qp.scale(*k) for k in qp.thresholds}
 
-  return {k: qp.scale(*k) for k in quant.encoder_linears(source.model())}
+
+def _node_prefix(layer: int, name: str) -> str:
+  """The name prefix of the QDQ nodes and initializers :func:`rewrite` adds for one matmul."""
+  return f"q{layer}_{name}"
 
 
 def flip_noise(source, qp, batches, ref=None, ulps=NOISE_ULPS) -> float:
@@ -372,7 +375,7 @@ def check_quantizers(model, scales: dict, batches) -> int:
   have = {o.name for o in g.output}
   pairs = []
   for (layer, name), s in scales.items():
-    q = f"q{layer}_{name}_x_q"
+    q = f"{_node_prefix(layer, name)}_x_q"
     node = next((n for n in g.node if n.op_type == "QuantizeLinear" and n.output[0] == q), None)
     if node is None:
       raise ValueError(f"the QDQ graph has no activation QuantizeLinear for layer {layer} {name}")
@@ -424,7 +427,7 @@ def export(source, out_dir: str, quantize_bias: bool = False) -> dict:
       f"INT8 ONNX check failed: onnxruntime differs from the simulated-INT8 JAX model by {diff:.3g}"
       f" (bound {bound:.3g} = max({BOUND}, {NOISE_FACTOR} x flip noise {noise:.3g}))"
     )
-  quantizers = check_quantizers(model, act_scales(qp, source), batches[:1])
+  quantizers = check_quantizers(model, act_scales(qp), batches[:1])
   agree = None
   if source.head == "classification":  # recorded (probe ids are random: near-ties possible)
     agree = all(
