@@ -46,7 +46,11 @@ case "$cmd" in
     # Style first (fails in seconds): `bash run.sh fmt` fixes what it reports.
     "$VENV/bin/ruff" format --check . || { echo "style: run 'bash run.sh fmt'"; exit 1; }
     "$VENV/bin/ruff" check . || { echo "lint: fix the lines above (bash run.sh fmt fixes some)"; exit 1; }
-    KDJAX_REQUIRE_ASSETS=1 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
+    # Two workers (pytest-xdist), whole files per worker so module fixtures are built once: the
+    # suite is bound by XLA compiles and CLI subprocess start-up, which use one core each.
+    # KDJAX_TEST_WORKERS=0 runs it serially; the 15 slowest tests are listed at the end.
+    KDJAX_REQUIRE_ASSETS=1 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+      -n "${KDJAX_TEST_WORKERS:-2}" --dist loadfile --durations=15 tests "$@"
     ;;
   fmt)
     ensure_venv
