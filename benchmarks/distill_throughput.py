@@ -50,6 +50,15 @@ SHAPES = {
     seq=128,
     relation_heads=48,
   ),
+  # Long sequences: the relation tensors dominate memory (see --relation_chunk_heads).
+  "base512": dict(
+    teacher=(12, 768, 12, 3072),
+    student=(6, 384, 12, 1536),
+    vocab=30522,
+    batch=8,
+    seq=512,
+    relation_heads=48,
+  ),
   # The seed's training batch (GPU/TPU sized).
   "base256": dict(
     teacher=(12, 768, 12, 3072),
@@ -87,11 +96,15 @@ def _config(shape, teacher_dtype):
   c.teacher_layer_index = shape["teacher"][0] - 1
   c.student_layer_index = shape["student"][0] - 1
   c.alpha = c.beta = 0.0
+  c.relation_chunk_heads = RELATION_CHUNK_HEADS
   c.max_seq_length = shape["seq"]
   c.batch_size = shape["batch"]
   c.learning_rate, c.warmup_steps, c.max_steps = 1e-4, 10, 1000
   c.progress_bar = c.tensorboard = False
   return c
+
+
+RELATION_CHUNK_HEADS = -1  # --relation_chunk_heads
 
 
 def _batch(shape, seed=0):
@@ -158,6 +171,7 @@ def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32")
     shape=name,
     teacher_dtype=teacher_dtype,
     student_dtype=student_dtype,
+    relation_chunk_heads=RELATION_CHUNK_HEADS,
     step_s=dt,
     examples_per_s=ex,
     tokens_per_s=tokens,
@@ -184,8 +198,16 @@ def main(argv=None):
     choices=["float32", "bfloat16"],
     help="student compute dtype (params stay float32)",
   )
+  p.add_argument(
+    "--relation_chunk_heads",
+    type=int,
+    default=-1,
+    help="relation heads per chunk of the relation loss (-1: by size, 0: never chunk)",
+  )
   p.add_argument("--json", default="", help="also write the results to this file")
   args = p.parse_args(argv)
+  global RELATION_CHUNK_HEADS
+  RELATION_CHUNK_HEADS = args.relation_chunk_heads
   results = []
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.shapes.split(","):

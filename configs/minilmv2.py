@@ -24,7 +24,10 @@ global-norm clipping at 1.0, linear warm-up for 4000 steps then linear decay to 
 
 ``relation_reduction``: "kdjax" (default: padding rows excluded from the relation means) or
 "reference" (PaddleNLP's numbers: every row averaged, padding included); see
-``kdjax.losses.minilm``.
+``kdjax.losses.minilm``. ``relation_chunk_heads``: relation heads per chunk of the token and
+sample relations, computed one chunk at a time and rematerialised in the backward pass (the
+memory of long sequences: 8 x 512 x 48 heads is 400 MiB per relation tensor); -1 (default)
+chunks only large relations, 0 never chunks.
 
 Student: the seed's random ``TinyBertModel(vocab_size=21128, num_hidden_layers=6)``, i.e. the
 teacher's (bert-base-chinese) shape with 6 layers: 768 hidden, 12 heads, 3072 intermediate,
@@ -53,6 +56,9 @@ def get_config(arg=None):
   c.alpha = 0.0  # PP-MiniLM head-head relation weight
   c.beta = 0.0  # PP-MiniLM sample-sample relation weight
   c.relation_reduction = "kdjax"  # "kdjax" | "reference" (PaddleNLP's averaging)
+  # Relation heads per chunk of the token / sample relations (memory at long lengths; see
+  # kdjax.losses.minilm): -1 = by size (chunks only above 256 MiB per relation), 0 = never.
+  c.relation_chunk_heads = -1
   c.input_dir = ""
   # "files": hosts read disjoint files; "global": same global batches on any host count.
   c.data_sharding = "files"

@@ -119,3 +119,18 @@ def test_zero_relation_heads_is_a_config_error(tmp_path, clf):
   c.student.num_hidden_layers = 1
   with pytest.raises(ValueError, match="'num_relation_heads'=0 must be a positive integer"):
     GeneralDistill(c, None)
+
+
+@pytest.mark.parametrize("chunk", [3, -2])
+def test_bad_relation_chunk_heads_is_a_config_error(clf, chunk):
+  from kdjax.recipes.general_distill import GeneralDistill
+
+  c = helpers_env.config("minilmv2", "tiny")
+  c.teacher.path = clf
+  c.teacher_layer_index, c.student_layer_index = 1, 0
+  c.student.num_hidden_layers = 1
+  c.relation_chunk_heads = chunk
+  with pytest.raises(ValueError, match=f"'relation_chunk_heads'={chunk} must be -1"):
+    GeneralDistill(c, None)
+  c.relation_chunk_heads = 2  # divides num_relation_heads=4 (the :tiny config)
+  assert GeneralDistill(c, None).chunk_heads == 2

@@ -190,6 +190,28 @@ def test_relation_reduction_reaches_the_loss(assets, tmp_path):
     GeneralDistill(_tiny(assets, relation_reduction="mean"), None)
 
 
+def test_relation_chunk_heads_reaches_the_loss(assets, tmp_path, monkeypatch):
+  """``relation_chunk_heads`` is passed to the loss (chunked and whole give the same value)."""
+  import kdjax.recipes.general_distill as gd
+
+  seen = []
+  loss = gd.minilm_relation_loss
+
+  def spy(*a, **kw):
+    seen.append(kw["chunk_heads"])
+    return loss(*a, **kw)
+
+  monkeypatch.setattr(gd, "minilm_relation_loss", spy)
+  values = []
+  for chunk in (-1, 0, 2):
+    r = gd.GeneralDistill(_tiny(assets, alpha=0.2, beta=0.3, relation_chunk_heads=chunk), None)
+    batch = _padded_batch(r.tokenizer, [12, 7, 4, 9])
+    v, _ = r.loss_fn(r.student.params, r.teacher.params, batch, jax.random.key(0))
+    values.append(float(v))
+  assert seen == [None, 0, 2]
+  np.testing.assert_allclose(values, values[0], rtol=1e-6)
+
+
 def test_student_hidden_act_override_reaches_student_and_export(assets, tmp_path):
   from kdjax.recipes.general_distill import GeneralDistill
 

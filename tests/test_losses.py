@@ -281,6 +281,101 @@ def test_minilm_zero_weight_terms_are_not_computed(qkv_pair):
   assert count_dots(return_terms=True) == 18
 
 
+def _compiled_dots(fn, *args):
+  hlo = jax.jit(fn).lower(*args).compile().as_text()
+  return hlo.count(" dot(")
+
+
+def test_minilm_zero_weight_terms_cost_nothing_when_dropped(qkv_pair):
+  """The recipe asks for every term (``return_terms``) but logs only the weighted ones: the
+  zero-weight terms must neither enter the gradient nor survive compilation."""
+  teacher, student = qkv_pair
+  mask = jnp.asarray(MASK)
+
+  def grad_of(return_terms):
+    def f(s):
+      if return_terms:
+        loss, terms = loss_of(s, teacher, mask, 4, return_terms=True)
+        return loss, terms["token"]
+      return loss_of(s, teacher, mask, 4), jnp.float32(0)
+
+    return jax.grad(f, has_aux=True)
+
+  plain = _compiled_dots(grad_of(False), student)
+  assert plain > 0
+  assert _compiled_dots(grad_of(True), student) == plain
+  # The reported zero-weight terms are still the NumPy values, and carry no gradient.
+  loss, terms = loss_of(student, teacher, mask, 4, return_terms=True)
+  ref = ref_terms(teacher, student, MASK, 4)
+  np.testing.assert_allclose(float(terms["sample"]), ref["sample"], rtol=2e-5)
+  np.testing.assert_allclose(float(loss), ref["token"], rtol=2e-5)
+  g = jax.grad(lambda s: loss_of(s, teacher, mask, 4, return_terms=True)[1]["head"])(student)
+  assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in g)
+
+
+@pytest.mark.parametrize("reduction", ["kdjax", "reference"])
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_minilm_chunked_relations_equal_unchunked(qkv_pair, reduction, chunk):
+  """Chunks of relation heads (lax.map + remat) give the same loss and gradients as the whole
+  relation tensors, and the same as NumPy; padding rows / samples handled the same way."""
+  teacher, student = qkv_pair
+  mask = jnp.asarray(MASK)
+  kw = dict(alpha=0.2, beta=0.3, reduction=reduction)
+
+  def value_and_grad(c):
+    return jax.value_and_grad(lambda s: loss_of(s, teacher, mask, 8, chunk_heads=c, **kw))(student)
+
+  v0, g0 = value_and_grad(0)
+  v, g = value_and_grad(chunk)
+  np.testing.assert_allclose(float(v), float(v0), rtol=1e-6)
+  for a, b in zip(g, g0):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8)
+  if reduction == "kdjax":
+    ref = ref_terms(teacher, student, MASK, 8)
+    np.testing.assert_allclose(
+      float(v), 0.5 * ref["token"] + 0.2 * ref["head"] + 0.3 * ref["sample"], rtol=2e-5
+    )
+
+
+def test_minilm_chunking_bounds_the_relation_memory():
+  """At a long length the chunked loss+gradient needs a fraction of the temporary memory of
+  the whole relation tensors (XLA's own buffer assignment, so no timing or RSS noise)."""
+  rng = np.random.default_rng(0)
+  B, L, H, R = 2, 256, 64, 16
+  t = tuple(jnp.asarray(rng.normal(size=(B, L, H)), jnp.float32) for _ in range(3))
+  s = tuple(jnp.asarray(rng.normal(size=(B, L, H)), jnp.float32) for _ in range(3))
+  mask = jnp.ones((B, L), jnp.int32)
+
+  def temp_bytes(c):
+    f = jax.grad(lambda s: loss_of(s, t, mask, R, chunk_heads=c))
+    return jax.jit(f).lower(s).compile().memory_analysis().temp_size_in_bytes
+
+  whole = 4 * B * R * L * L  # one relation tensor
+  full, chunked = temp_bytes(0), temp_bytes(2)
+  assert full >= 2 * whole
+  assert chunked < full / 4
+
+
+def test_minilm_chunk_heads_auto_and_validation():
+  from kdjax.losses.minilm import AUTO_CHUNK_BYTES, CHUNK_BYTES, resolve_chunk_heads
+
+  # 32 x 128 x 128 x 48 heads (100 MiB): whole; 8 x 512 x 512 x 48 (400 MiB): chunked.
+  assert AUTO_CHUNK_BYTES >= 4 * 48 * 32 * 128 * 128
+  assert resolve_chunk_heads(None, 48, 32 * 128 * 128) == 0
+  c = resolve_chunk_heads(None, 48, 8 * 512 * 512)
+  assert c and 48 % c == 0 and 4 * c * 8 * 512 * 512 <= CHUNK_BYTES
+  assert 4 * 2 * c * 8 * 512 * 512 > CHUNK_BYTES or 48 % (2 * c)  # the largest that fits
+  assert resolve_chunk_heads(None, 7, 10**9) == 1  # nothing fits: one head at a time
+  assert resolve_chunk_heads(0, 48, 10**9) == 0
+  assert resolve_chunk_heads(48, 48, 1) == 0  # one chunk is no chunking
+  assert resolve_chunk_heads(6, 48, 1) == 6
+  for bad in (5, -2, 1.5):
+    with pytest.raises(ValueError, match="chunk_heads"):
+      resolve_chunk_heads(bad, 48, 1)
+  with pytest.raises(ValueError, match="divisor of num_relation_heads=4"):
+    loss_of(*[make_qkv(i, 32) for i in range(2)], jnp.asarray(MASK), 4, chunk_heads=3)
+
+
 def test_minilm_teacher_and_hyper_parameters_are_keyword_only(qkv_pair):
   """The convention: student positional, teacher / mask / hyper-parameters keyword-only."""
   from kdjax.losses import head_relation_kl, sample_relation_kl, token_relation_kl

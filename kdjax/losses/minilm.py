@@ -34,6 +34,16 @@ Reductions (``reduction=``):
   divided by ``num_relation_heads * padded_seq_len * batch_size``: every term is the plain mean
   over all ``B * R * L`` rows, padding included. kdjax omits the constant row shift (a
   mathematical no-op; in float32 it only rounds those rows' logits to ~1e-3).
+
+Memory (``chunk_heads=``): the token relation of one of Q/K/V is ``B x R x L x L`` float32 per
+model (400 MiB at 8 x 512 with 48 relation heads; several such tensors live per term for the
+softmaxes and the backward pass). With ``chunk_heads=c`` the token and sample terms run over
+``R / c`` chunks of ``c`` relation heads in a ``lax.map`` whose body is rematerialised
+(``jax.checkpoint``), so at most one chunk's relations are alive at a time, forward and
+backward; the value is the same sum, up to float32 summation order. The default (``None``)
+chunks only when one relation tensor exceeds ``AUTO_CHUNK_BYTES`` and picks the largest
+``c`` dividing ``R`` whose chunk fits ``CHUNK_BYTES``; ``0`` never chunks. The head relation
+(``B x L x R x R``) is not chunked.
 """
 
 from __future__ import annotations
@@ -57,6 +67,11 @@ __all__ = [
 
 REDUCTIONS = ("kdjax", "reference")
 
+# A relation tensor (one of Q/K/V, one model) larger than this is computed in chunks of
+# relation heads by default; each chunk's tensor is at most CHUNK_BYTES.
+AUTO_CHUNK_BYTES = 256 * 2**20
+CHUNK_BYTES = 64 * 2**20
+
 
 def _check_reduction(reduction: str) -> None:
   if reduction not in REDUCTIONS:
@@ -79,6 +94,38 @@ def split_relation_heads(x: jax.Array, *, num_relation_heads: int, who: str = "i
   return x.reshape(batch, seq, num_relation_heads, hidden // num_relation_heads)
 
 
+def resolve_chunk_heads(chunk_heads: int | None, heads: int, rows_x_keys: int) -> int:
+  """Relation heads per chunk for a relation of ``heads * rows_x_keys`` float32 entries (see
+  the module docstring); 0 = no chunking. An explicit ``chunk_heads`` must divide ``heads``."""
+  if chunk_heads is None:
+    if 4 * heads * rows_x_keys <= AUTO_CHUNK_BYTES:
+      return 0
+    fits = [c for c in range(1, heads + 1) if heads % c == 0 and 4 * c * rows_x_keys <= CHUNK_BYTES]
+    return max(fits, default=1)
+  if not isinstance(chunk_heads, int) or chunk_heads < 0 or (chunk_heads and heads % chunk_heads):
+    raise ValueError(
+      f"chunk_heads={chunk_heads!r} must be 0 (no chunking) or a positive divisor of "
+      f"num_relation_heads={heads}"
+    )
+  return 0 if chunk_heads in (0, heads) else chunk_heads
+
+
+def _sum_over_head_chunks(chunk_sum, student, teacher, chunk):
+  """``sum_k chunk_sum(student[:, :, k], teacher[:, :, k])`` over chunks of ``chunk`` relation
+  heads (axis 2), one chunk at a time, each rematerialised in the backward pass."""
+
+  def split(x):
+    b, l, r, d = x.shape
+    return jnp.moveaxis(x.reshape(b, l, r // chunk, chunk, d), 2, 0)
+
+  body = jax.checkpoint(lambda st: chunk_sum(*st))
+  return jnp.sum(jax.lax.map(body, (split(student), split(teacher))))
+
+
+def _safe_div(total, denom):
+  return jnp.where(denom > 0, total / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
 def _scaled_scores(spec: str, x: jax.Array) -> jax.Array:
   """float32 ``einsum(spec, x, x) / sqrt(d_R)`` for ``x`` of shape ``[B, L, R, d_R]``."""
   scores = jnp.einsum(spec, x, x, preferred_element_type=jnp.float32)
@@ -99,6 +146,7 @@ def token_relation_kl(
   teacher: jax.Array,
   attention_mask: jax.Array,
   reduction: str = "kdjax",
+  chunk_heads: int | None = None,
 ) -> jax.Array:
   """Token-token relation KL (MiniLMv2) for one of Q/K/V.
 
@@ -110,10 +158,24 @@ def token_relation_kl(
   """
   _check_reduction(reduction)
   mask = attention_mask.astype(bool)
-  kl = _relation_kl("bird,bjrd->brij", student, teacher, mask[:, None, None, :])  # [B, R, L]
+  batch, seq, heads, _ = student.shape
+
+  def chunk_sum(s, t):  # sum of the KL rows of a chunk of relation heads
+    kl = _relation_kl("bird,bjrd->brij", s, t, mask[:, None, None, :])  # [B, c, L]
+    if reduction == "reference":
+      return jnp.sum(kl)
+    return jnp.sum(jnp.where(mask[:, None, :], kl, 0.0))
+
+  chunk = resolve_chunk_heads(chunk_heads, heads, batch * seq * seq)
+  if not chunk:
+    kl = _relation_kl("bird,bjrd->brij", student, teacher, mask[:, None, None, :])  # [B, R, L]
+    if reduction == "reference":
+      return jnp.mean(kl)
+    return masked_mean(kl, mask[:, None, :])
+  total = _sum_over_head_chunks(chunk_sum, student, teacher, chunk)
   if reduction == "reference":
-    return jnp.mean(kl)
-  return masked_mean(kl, mask[:, None, :])
+    return total / (batch * heads * seq)
+  return _safe_div(total, heads * jnp.sum(mask.astype(jnp.float32)))
 
 
 def head_relation_kl(
@@ -122,14 +184,17 @@ def head_relation_kl(
   teacher: jax.Array,
   attention_mask: jax.Array,
   reduction: str = "kdjax",
+  chunk_heads: int | None = None,
 ) -> jax.Array:
   """Head-head relation KL (PP-MiniLM ``alpha`` term) for one of Q/K/V.
 
   ``H[b, i, r, s] = softmax_s(x[b,i,r] . x[b,i,s] / sqrt(d_R))`` (an ``R x R``
   relation per token; no key masking). Returns the mean of
   ``KL(H_t[b,i,r,:] || H_s[b,i,r,:])`` over all ``(b, i, r)`` with ``mask[b, i] = 1``
-  (``"kdjax"``) or over all ``(b, i, r)`` (``"reference"``).
+  (``"kdjax"``) or over all ``(b, i, r)`` (``"reference"``). ``chunk_heads`` is accepted for a
+  uniform signature and ignored (the ``R x R`` relation is not chunked).
   """
+  del chunk_heads
   _check_reduction(reduction)
   kl = _relation_kl("bird,bisd->birs", student, teacher, None)  # [B, L, R]
   if reduction == "reference":
@@ -143,6 +208,7 @@ def sample_relation_kl(
   teacher: jax.Array,
   attention_mask: jax.Array,
   reduction: str = "kdjax",
+  chunk_heads: int | None = None,
 ) -> jax.Array:
   """Sample-sample relation KL (PP-MiniLM ``beta`` term) for one of Q/K/V.
 
@@ -156,10 +222,24 @@ def sample_relation_kl(
   _check_reduction(reduction)
   mask_t = attention_mask.astype(bool).T  # [L, B]
   key_mask = None if reduction == "reference" else mask_t[:, None, None, :]
-  kl = _relation_kl("bird,cird->irbc", student, teacher, key_mask)  # [L, R, B]
+  batch, seq, heads, _ = student.shape
+
+  def chunk_sum(s, t):
+    kl = _relation_kl("bird,cird->irbc", s, t, key_mask)  # [L, c, B]
+    if reduction == "reference":
+      return jnp.sum(kl)
+    return jnp.sum(jnp.where(mask_t[:, None, :], kl, 0.0))
+
+  chunk = resolve_chunk_heads(chunk_heads, heads, seq * batch * batch)
+  if not chunk:
+    kl = _relation_kl("bird,cird->irbc", student, teacher, key_mask)  # [L, R, B]
+    if reduction == "reference":
+      return jnp.mean(kl)
+    return masked_mean(kl, mask_t[:, None, :])
+  total = _sum_over_head_chunks(chunk_sum, student, teacher, chunk)
   if reduction == "reference":
-    return jnp.mean(kl)
-  return masked_mean(kl, mask_t[:, None, :])
+    return total / (batch * heads * seq)
+  return _safe_div(total, heads * jnp.sum(mask_t.astype(jnp.float32)))
 
 
 _TERMS = {"token": token_relation_kl, "head": head_relation_kl, "sample": sample_relation_kl}
@@ -175,6 +255,7 @@ def minilm_relation_loss(
   beta: float = 0.0,
   reduction: str = "kdjax",
   return_terms: bool = False,
+  chunk_heads: int | None = None,
 ):
   """MiniLMv2 / PP-MiniLM relation distillation loss.
 
@@ -186,10 +267,14 @@ def minilm_relation_loss(
     attention_mask: ``[B, L]``, 1 for real tokens, 0 for padding.
     num_relation_heads: ``R`` (static Python int); each ``hidden`` must be divisible by it.
     alpha, beta: weights of the head-head and sample-sample relations. A term
-      whose weight is a static 0 is not computed unless ``return_terms``.
+      whose weight is a static 0 is not computed unless ``return_terms``, and then it is
+      returned without gradient and left out of the loss (under jit it costs nothing when
+      the caller drops it).
     reduction: ``"kdjax"`` (padding excluded) or ``"reference"`` (PaddleNLP's averaging over
       every row, padding included); see the module docstring for the exact difference.
     return_terms: also return the unweighted terms.
+    chunk_heads: relation heads per chunk of the token and sample terms (memory; see the
+      module docstring): ``None`` chooses by size, ``0`` never chunks.
 
   Returns:
     ``loss = (1 - alpha - beta) * token + alpha * head + beta * sample`` (float32
@@ -205,6 +290,7 @@ def minilm_relation_loss(
     )
   if not isinstance(num_relation_heads, int) or num_relation_heads <= 0:
     raise ValueError(f"num_relation_heads must be a positive int, got {num_relation_heads!r}")
+  resolve_chunk_heads(chunk_heads, num_relation_heads, 1)  # validates an explicit value
   weights = {"token": 1.0 - alpha - beta, "head": alpha, "sample": beta}
   pairs = []
   for s, t in zip(student_qkv, teacher):
@@ -222,11 +308,19 @@ def minilm_relation_loss(
 
   terms, loss = {}, jnp.float32(0.0)
   for name, fn in _TERMS.items():
-    if not return_terms and is_static_zero(weights[name]):
+    zero = is_static_zero(weights[name])
+    if zero and not return_terms:
       continue
     terms[name] = sum(
-      fn(s, teacher=t, attention_mask=attention_mask, reduction=reduction) for s, t in pairs
+      fn(s, teacher=t, attention_mask=attention_mask, reduction=reduction, chunk_heads=chunk_heads)
+      for s, t in pairs
     )
+    if zero:
+      # Reported only: kept out of the loss (``0.0 * term`` would still be differentiated, as
+      # XLA does not fold float multiplications by 0) and behind stop_gradient, so a caller
+      # that drops the term pays nothing for it (dead code under jit).
+      terms[name] = jax.lax.stop_gradient(terms[name])
+      continue
     loss = loss + weights[name] * terms[name]
   loss = jnp.asarray(loss, jnp.float32)
   return (loss, terms) if return_terms else loss

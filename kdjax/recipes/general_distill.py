@@ -81,6 +81,13 @@ class GeneralDistill:
       raise ValueError(
         f"config key 'relation_reduction'={self.reduction!r} must be one of {', '.join(REDUCTIONS)}"
       )
+    chunk = c.get("relation_chunk_heads", -1)
+    if not isinstance(chunk, int) or chunk < -1 or (chunk > 0 and c.num_relation_heads % chunk):
+      raise ValueError(
+        f"config key 'relation_chunk_heads'={chunk!r} must be -1 (by size), 0 (never) or a "
+        f"divisor of num_relation_heads={c.num_relation_heads}"
+      )
+    self.chunk_heads = None if chunk == -1 else chunk
     if c.max_seq_length + tcfg.position_offset > tcfg.max_position_embeddings:
       raise ValueError(
         f"config key 'max_seq_length'={c.max_seq_length} exceeds the teacher's "
@@ -169,6 +176,7 @@ class GeneralDistill:
       beta=c.beta,
       reduction=self.reduction,
       return_terms=True,
+      chunk_heads=self.chunk_heads,
     )
     metrics = {
       f"{k}_relation": v
