@@ -39,7 +39,8 @@ Batch: run.sh's ``bs=128`` is per GPU on 8 GPUs (``--gpus "0,...,7"``): global b
 device count instead. Optimizer (pp-minilm general_distill.py): AdamW beta1 0.9, beta2 0.999,
 epsilon 1e-8 (``--adam_epsilon``), weight decay 0.01 (not on biases / LayerNorm), clipping
 1.0; lr 6e-4, 4000 warm-up steps, 400k steps (run.sh). run.sh trains with AMP (fp16): the
-teacher runs in bfloat16 here (``teacher.dtype``).
+teacher runs in bfloat16 here on GPU / TPU (``teacher.dtype`` "auto"; float32 on CPUs without
+AMX, where XLA's bfloat16 dots are no faster).
 
 ``demo`` / ``tiny`` as in configs/minilmv2.py with beta=0.1 so the sample relation is
 exercised. ``relation_reduction`` as in configs/minilmv2.py.
