@@ -308,3 +308,32 @@ def test_mnli_reports_matched_and_mismatched(tmp_path, capsys):
       str(ex.id) for ex in load_split("mnli", GLUE, split)
     ]
     assert all(line.split("\t")[1] in get_task("mnli").labels for line in lines[1:])
+
+
+def test_length_buckets_trim_task_batches(tmp_path, encoder_dir, monkeypatch):
+  """``length_buckets``: the step sees the batch cut to the bucket of its longest real
+  sequence (sequence keys only); off, the padded length. The fixture sentences are short."""
+  from kdjax.trainer import loop
+
+  assert [loop.bucket_length(n, 64) for n in (1, 16, 17, 33, 64, 100)] == [16, 16, 32, 64, 64, 64]
+  assert loop.bucket_length(20, 24) == 24
+  seen = []
+  real_global = loop.Trainer.global_batch
+
+  def spy(self, local):
+    seen.append({k: np.asarray(v).shape for k, v in local.items()})
+    return real_global(self, local)
+
+  monkeypatch.setattr(loop.Trainer, "global_batch", spy)
+  shapes = {}
+  for buckets in (True, False):
+    seen.clear()
+    config = _config("sst-2", encoder_dir, GLUE, "max_seq_length=32,max_steps=2,eval_steps=0")
+    config.length_buckets = buckets
+    _train(config, tmp_path / f"b{buckets}")
+    shapes[buckets] = list(seen)
+  for batch in shapes[True]:
+    (length,) = {batch[k][1] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    assert length == 16
+    assert batch["labels"] == (2,) and batch["weights"] == (2,)
+  assert all(b["input_ids"] == (2, 32) for b in shapes[False])

@@ -118,6 +118,14 @@ class GeneralDistill:
     if workdir is not None:
       common.write_student_description(self.student, workdir)
 
+  @property
+  def sequence_keys(self):
+    """Length buckets (trainer ``length_buckets``) only with the padding-free reduction: the
+    reference reduction averages padding rows in, so trimming would change its values."""
+    if self.reduction != "kdjax":
+      return ()
+    return ("input_ids", "attention_mask", "token_type_ids")
+
   # -- trainer interface ---------------------------------------------------------------------
   def train_data(self, process_index: int, process_count: int):
     """``data_sharding="files"``: hosts read disjoint files (scales to any corpus size).

@@ -324,6 +324,10 @@ class TaskRecipe:
   ``teacher_layers`` layers (default all) for the FLOP count.
   """
 
+  # Batch entries whose axis 1 is the sequence: the trainer trims them to a length bucket
+  # (``length_buckets``); every task loss of kdjax excludes padding, so values are unchanged.
+  sequence_keys = ("input_ids", "attention_mask", "token_type_ids")
+
   def __init__(
     self,
     setup: TaskSetup,

@@ -39,6 +39,11 @@ def default_trainer_config() -> ml_collections.ConfigDict:
   c.logical_axis_rules = [tuple(rule) for rule in DEFAULT_RULES]
   c.progress_bar = True
   c.tensorboard = True
+  # Trim each training batch's sequence axis to the smallest bucket (16, 32, 64, ... up to the
+  # padded length) that holds its longest real sequence, for recipes that declare
+  # `sequence_keys` (losses that exclude padding: same values, less compute; one compile per
+  # bucket). False: every batch keeps the padded length.
+  c.length_buckets = True
   return c
 
 

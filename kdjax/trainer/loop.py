@@ -59,6 +59,14 @@ NONFINITE_MODES = ("stop", "skip")
 _MAX_UNCHECKED = 1000  # steps between non-finite checks when nothing else is due
 
 
+def bucket_length(longest: int, padded: int, smallest: int = 16) -> int:
+  """The smallest of ``smallest * 2**k`` that is >= ``longest``, capped at ``padded``."""
+  length = smallest
+  while length < longest:
+    length *= 2
+  return min(length, padded)
+
+
 def _is_due(step: int, every: int | None) -> bool:
   return bool(every) and step % every == 0
 
@@ -248,6 +256,28 @@ class Trainer:
       )
     return self._batch_shardings[key]
 
+  def trim_batch(self, local_batch):
+    """``length_buckets``: the recipe's ``sequence_keys`` cut to ``bucket_length`` of the
+    longest real sequence in the global batch (right padding: ``attention_mask`` columns that
+    are 0 in every row); other entries and recipes without ``sequence_keys`` unchanged."""
+    keys = getattr(self.recipe, "sequence_keys", ()) or ()
+    mask = local_batch.get("attention_mask")
+    if not (self.config.length_buckets and keys and mask is not None):
+      return local_batch
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+      return local_batch
+    real = np.flatnonzero(mask.any(axis=0))
+    longest = int(real[-1]) + 1 if real.size else 1
+    if jax.process_count() > 1:  # every process must cut the global batch alike
+      from jax.experimental import multihost_utils
+
+      longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+    length = bucket_length(longest, mask.shape[1])
+    if length == mask.shape[1]:
+      return local_batch
+    return {k: (np.asarray(v)[:, :length] if k in keys else v) for k, v in local_batch.items()}
+
   def global_batch(self, local_batch):
     """Process-local numpy rows -> global arrays sharded along the batch."""
     out = {}
@@ -360,6 +390,7 @@ class Trainer:
           local = next(data)
         except StopIteration:
           raise RuntimeError(f"train_data ran out at step {step} of {cfg.max_steps}.") from None
+        local = self.trim_batch(local)
         tokens = float(tokens_fn(local)) * rows if tokens_fn else 0.0
         t0 = time.perf_counter()
         state, metrics = self.step_fn(state, frozen, self.global_batch(local))
