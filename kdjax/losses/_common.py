@@ -79,40 +79,27 @@ def _row_kl_parts(t, s, mask):
   return kl, (r_t, r_s)
 
 
-@jax.custom_vjp
-def _row_kl_nomask(t, s):
-  return _row_kl_parts(t, s, None)[0]
+def _row_kl_vjp(masked: bool):
+  """``row_kl`` as a ``custom_vjp`` of ``(t, s)`` or ``(t, s, mask)`` (the mask gets no
+  cotangent); residuals ``d KL / d t`` and ``d KL / d s`` per entry."""
+
+  def fwd(t, s, *mask):
+    kl, (r_t, r_s) = _row_kl_parts(t, s, mask[0] if masked else None)
+    return kl, (r_t.astype(t.dtype), r_s.astype(s.dtype))
+
+  def bwd(res, g):
+    r_t, r_s = res
+    g = g[..., None]
+    grads = (g.astype(r_t.dtype) * r_t, g.astype(r_s.dtype) * r_s)
+    return grads + (None,) if masked else grads
+
+  fn = jax.custom_vjp(lambda t, s, *mask: fwd(t, s, *mask)[0])
+  fn.defvjp(fwd, bwd)
+  return fn
 
 
-def _row_kl_nomask_fwd(t, s):
-  kl, (r_t, r_s) = _row_kl_parts(t, s, None)
-  return kl, (r_t.astype(t.dtype), r_s.astype(s.dtype))
-
-
-def _row_kl_nomask_bwd(res, g):
-  r_t, r_s = res
-  return (g[..., None].astype(r_t.dtype) * r_t, g[..., None].astype(r_s.dtype) * r_s)
-
-
-_row_kl_nomask.defvjp(_row_kl_nomask_fwd, _row_kl_nomask_bwd)
-
-
-@jax.custom_vjp
-def _row_kl_masked(t, s, mask):
-  return _row_kl_parts(t, s, mask)[0]
-
-
-def _row_kl_masked_fwd(t, s, mask):
-  kl, (r_t, r_s) = _row_kl_parts(t, s, mask)
-  return kl, (r_t.astype(t.dtype), r_s.astype(s.dtype))
-
-
-def _row_kl_masked_bwd(res, g):
-  r_t, r_s = res
-  return (g[..., None].astype(r_t.dtype) * r_t, g[..., None].astype(r_s.dtype) * r_s, None)
-
-
-_row_kl_masked.defvjp(_row_kl_masked_fwd, _row_kl_masked_bwd)
+_row_kl_nomask = _row_kl_vjp(masked=False)
+_row_kl_masked = _row_kl_vjp(masked=True)
 
 
 def masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
