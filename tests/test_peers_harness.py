@@ -210,3 +210,41 @@ def test_torch_relation_loss_matches_kdjax(beta):
     beta,
   )
   np.testing.assert_allclose(float(got), float(want), rtol=1e-5, atol=1e-6)
+
+
+def _textbrewer_matches():
+  """textbrewer_tinybert.matches, read without importing torch (the module imports it first)."""
+  import ast
+
+  with open(os.path.join(PEERS, "textbrewer_tinybert.py")) as f:
+    tree = ast.parse(f.read())
+  fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "matches")
+  ns: dict = {}
+  exec(compile(ast.Module([fn], []), "matches", "exec"), ns)
+  return ns["matches"]
+
+
+def test_kdjax_tinybert_step_matches_textbrewer_peer(tmp_path, capsys):
+  """The kdjax TinyBERT row times the tinybert recipe's stage-1 step with the TextBrewer peer's
+  layer map and one projection per matched hidden state, on ``common.batch``."""
+  import jax
+  import kdjax_side
+
+  s = common.shape("tinybert-tiny")
+  trainer, state, frozen, batch = kdjax_side.tinybert_step(s, "float32", str(tmp_path))
+  m = _textbrewer_matches()(s["teacher"][0], s["student"][0], s["student"][1], s["teacher"][1])
+  att = [(x["layer_S"], x["layer_T"]) for x in m if x["feature"] == "attention"]
+  assert list(enumerate(trainer.recipe.layer_map)) == att
+  hid = [x for x in m if x["feature"] == "hidden"]
+  proj = state["params"]["proj"]
+  assert len(proj) == len(hid) == s["student"][0] + 1
+  assert {p["kernel"].shape for p in proj.values()} == {(s["student"][1], s["teacher"][1])}
+  want = common.batch(s)
+  for k in ("input_ids", "attention_mask"):
+    np.testing.assert_array_equal(np.asarray(batch[k]), want[k])
+  state, metrics = trainer.step_fn(state, frozen, batch)
+  loss = float(jax.block_until_ready(metrics["loss"]))
+  assert np.isfinite(loss) and loss > 0
+  kdjax_side.main(["--shape=tinybert-tiny", "--steps=2"])
+  rec = common.parse_result(capsys.readouterr().out)
+  assert rec["impl"] == "kdjax" and len(rec["step_times_s"]) == 2 and np.isfinite(rec["loss"])
