@@ -11,7 +11,7 @@ VENV=.venv
 ensure_venv() {
   local stamp="$VENV/.kdjax-installed"
   local want
-  want=$(cat requirements.txt requirements-test.txt requirements-export.txt requirements-assets.txt pyproject.toml | sha256sum | cut -c1-16)
+  want=$(cat requirements.txt requirements-test.txt requirements-export.txt requirements-assets.txt pyproject.toml kdjax/kernels/onednn_matmul.cc | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return; fi
   echo "== creating $VENV and installing requirements (a few minutes on a fresh machine)"
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
@@ -24,6 +24,10 @@ ensure_venv() {
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements-assets.txt
   # Put this checkout on the venv's path (like an editable install, without a build).
   "$VENV/bin/python" -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'kdjax-checkout.pth'), 'w').write(os.getcwd() + '\\n')"
+  # The oneDNN bf16 matmul kernel (kdjax/kernels/cpu_matmul.py), where its wheels exist.
+  if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then
+    "$VENV/bin/python" -m kdjax.kernels.cpu_matmul --build
+  fi
   echo "$want" > "$stamp"
 }
 

@@ -157,6 +157,41 @@ def _stat(xs):
   return f"{m:.2f} +- {s:.2f}"
 
 
+METHODS = ("Meta-KD", "vanilla KD", "TinyBERT")
+
+
+def load_previous(paths, steps, settings) -> dict:
+  """{genre: {"result": the genre's results, "done": {seed, ...}}} from earlier results.json
+  files; each must have run the same steps and data settings (else SystemExit naming it)."""
+  out: dict = {}
+  for path in paths:
+    try:
+      with open(path) as f:
+        prev = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise SystemExit(f"--previous {path}: cannot read it ({e})") from None
+    if prev.get("steps") != steps:
+      raise SystemExit(f"--previous {path}: steps {prev.get('steps')} != this run's {steps}")
+    # files written before settings were recorded ran the defaults
+    got = {**DEFAULT_SETTINGS, **prev.get("settings", {})}
+    if got != settings:
+      raise SystemExit(f"--previous {path}: settings {got} != this run's {settings}")
+    for g, res in prev.get("genres", {}).items():
+      res = dict(res)
+      res.setdefault("meta_teacher", prev.get("meta_teacher", {}).get(f"{g}/accuracy"))
+      done = set.intersection(*(set(map(int, res.get(m, {}))) for m in METHODS))
+      entry = out.setdefault(g, {"result": {m: {} for m in METHODS}, "done": set()})
+      for m in METHODS:
+        entry["result"][m].update({int(k): v for k, v in res.get(m, {}).items() if int(k) in done})
+      for k in ("teacher", "meta_teacher"):
+        entry["result"].setdefault(k, res.get(k))
+      entry["done"] |= done
+  return out
+
+
+DEFAULT_SETTINGS = dict(train_per_domain=1200, dev_per_domain=300, max_seq_length=64, batch_size=32)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,6 +208,14 @@ def main(argv=None):
   p.add_argument("--dev_per_domain", type=int, default=300)
   p.add_argument("--max_seq_length", type=int, default=64)
   p.add_argument("--batch_size", type=int, default=32)
+  p.add_argument(
+    "--previous",
+    action="append",
+    default=[],
+    help="results.json of an earlier run (e.g. benchmarks/results/metakd_real_*.json), "
+    "repeatable: its finished (genre, seed) rows join the table and are not run again; it must "
+    "have the same steps and data settings",
+  )
   args = p.parse_args(argv)
   from kdjax.data.demo import minilm_dir
   from kdjax.metakd_prep import evaluate as metakd_evaluate
@@ -200,191 +243,211 @@ def main(argv=None):
     f"--config.save_steps={max(1, n // 2)}",
   ]
   times = {}
-
-  print("data + prep", flush=True)
-  raw = os.path.join(W, "data", "raw")
-  senti = os.path.join(W, "data", "SENTI")
-  build_domains(raw, args.train_per_domain, args.dev_per_domain)
-  os.makedirs(senti, exist_ok=True)
-  prep = [
-    (
-      "extract_embeddings",
-      [
-        "extract_embeddings",
-        f"--model={minilm_dir()}",
-        f"--input={raw}/train.tsv",
-        f"--output={senti}/train.embeddings.tsv",
-        f"--max_seq_length={L}",
-        "--batch_size=64",
-      ],
-      "train.embeddings.tsv",
-    ),
-    (
-      "compute_weights",
-      [
-        "compute_weights",
-        f"--input={senti}/train.embeddings.tsv",
-        f"--output={senti}/train_with_weights.tsv",
-        f"--domains={','.join(DOMAINS)}",
-      ],
-      "train_with_weights.tsv",
-    ),
-    (
-      "standardize",
-      ["standardize", f"--input={raw}/dev.tsv", f"--output={senti}/dev_standard.tsv"],
-      "dev_standard.tsv",
-    ),
-  ]
-  for name, cmd, out in prep:
-    if not os.path.exists(os.path.join(senti, out)):
-      times[name] = sh(["-m", "kdjax.metakd_prep", *cmd], os.path.join(logs, f"{name}.log"))
-
-  print("meta-teacher", flush=True)
-  meta = os.path.join(W, "meta_teacher")
-  times["meta-teacher"] = train(
-    "meta_teacher",
-    f"configs/metakd_teacher.py:model={minilm_dir()},data_dir={senti}",
-    meta,
-    logs,
-    "--config.learning_rate=5e-5",
-    *common,
-    *every(MT),
+  settings = dict(
+    train_per_domain=args.train_per_domain,
+    dev_per_domain=args.dev_per_domain,
+    max_seq_length=L,
+    batch_size=args.batch_size,
   )
-  init = os.path.join(W, "student_init")
-  if not os.path.exists(os.path.join(init, "config.json")):
-    sh(
-      ["-m", "kdjax.convert", minilm_dir(), init, "--to_same", "--keep_layers=0,2,4"],
-      os.path.join(logs, "student_init.log"),
-    )
-  results = {
-    "steps": dict(meta_teacher=MT, teacher=T, intermediate=I, student=S),
-    "meta_teacher": metakd_evaluate(meta, senti, max_seq_length=L),
-    "genres": {},
-  }
-  print(f"  meta-teacher dev: {results['meta_teacher']}", flush=True)
+  step_counts = dict(meta_teacher=MT, teacher=T, intermediate=I, student=S)
+  previous = load_previous(args.previous, step_counts, settings)
+  done = lambda g: previous.get(g, {}).get("done", set())
+  todo = [g for g in genres if set(seeds) - done(g)]
+  if not todo:
+    print("every (genre, seed) is in --previous: nothing to run", flush=True)
 
+  results = {"steps": step_counts, "settings": settings, "meta_teacher": {}, "genres": {}}
   for g in genres:
-    res = results["genres"][g] = {"Meta-KD": {}, "vanilla KD": {}, "TinyBERT": {}}
-    sst = sst2_layout(raw, g, os.path.join(W, "data", f"sst2_{g}"))
-    print(f"[{g}] target-domain teacher", flush=True)
-    teacher = os.path.join(W, g, "teacher")
-    times[f"{g} teacher"] = train(
-      f"{g}_teacher",
-      f"configs/finetune.py:task=sst-2,data_dir={sst}",
-      teacher,
+    if g not in todo:
+      res = results["genres"][g] = previous[g]["result"]
+      for m in METHODS:
+        res[m] = {k: v for k, v in res[m].items() if k in seeds}
+  if todo:
+    print("data + prep", flush=True)
+    raw = os.path.join(W, "data", "raw")
+    senti = os.path.join(W, "data", "SENTI")
+    build_domains(raw, args.train_per_domain, args.dev_per_domain)
+    os.makedirs(senti, exist_ok=True)
+    prep = [
+      (
+        "extract_embeddings",
+        [
+          "extract_embeddings",
+          f"--model={minilm_dir()}",
+          f"--input={raw}/train.tsv",
+          f"--output={senti}/train.embeddings.tsv",
+          f"--max_seq_length={L}",
+          "--batch_size=64",
+        ],
+        "train.embeddings.tsv",
+      ),
+      (
+        "compute_weights",
+        [
+          "compute_weights",
+          f"--input={senti}/train.embeddings.tsv",
+          f"--output={senti}/train_with_weights.tsv",
+          f"--domains={','.join(DOMAINS)}",
+        ],
+        "train_with_weights.tsv",
+      ),
+      (
+        "standardize",
+        ["standardize", f"--input={raw}/dev.tsv", f"--output={senti}/dev_standard.tsv"],
+        "dev_standard.tsv",
+      ),
+    ]
+    for name, cmd, out in prep:
+      if not os.path.exists(os.path.join(senti, out)):
+        times[name] = sh(["-m", "kdjax.metakd_prep", *cmd], os.path.join(logs, f"{name}.log"))
+
+    print("meta-teacher", flush=True)
+    meta = os.path.join(W, "meta_teacher")
+    times["meta-teacher"] = train(
+      "meta_teacher",
+      f"configs/metakd_teacher.py:model={minilm_dir()},data_dir={senti}",
+      meta,
       logs,
-      f"--config.model.path={minilm_dir()}",
       "--config.learning_rate=5e-5",
       *common,
-      *every(T),
+      *every(MT),
     )
-    res["teacher"] = sst2_accuracy(teacher, sst, os.path.join(teacher, "eval"))
-    logits = os.path.join(W, g, "teacher_train_logits.tsv")
-    if not os.path.exists(logits):
+    init = os.path.join(W, "student_init")
+    if not os.path.exists(os.path.join(init, "config.json")):
       sh(
-        [
-          "-m",
-          "kdjax.evaluate",
-          f"--model={teacher}",
-          "--task=sst-2",
-          f"--data_dir={sst}",
-          "--split=train",
-          f"--logits_output={logits}",
-          f"--output_dir={os.path.join(W, g, 'eval')}",
-        ],
-        os.path.join(logs, f"{g}_logits.log"),
+        ["-m", "kdjax.convert", minilm_dir(), init, "--to_same", "--keep_layers=0,2,4"],
+        os.path.join(logs, "student_init.log"),
       )
-    for seed in seeds:
-      sd = [f"--config.seed={seed}"]
-      tag = f"{g}_s{seed}"
-      print(f"[{g}] seed {seed}", flush=True)
-      first, second = (
-        os.path.join(W, g, f"meta_first_s{seed}"),
-        os.path.join(W, g, f"meta_second_s{seed}"),
-      )
-      t1 = train(
-        f"{tag}_meta_first",
-        f"configs/metakd_student.py:first,genre={g},data_dir={senti}",
-        first,
+    results["meta_teacher"] = metakd_evaluate(meta, senti, max_seq_length=L)
+    print(f"  meta-teacher dev: {results['meta_teacher']}", flush=True)
+
+    for g in todo:
+      res = results["genres"][g] = {m: {} for m in METHODS}
+      res["meta_teacher"] = results["meta_teacher"].get(f"{g}/accuracy")
+      sst = sst2_layout(raw, g, os.path.join(W, "data", f"sst2_{g}"))
+      print(f"[{g}] target-domain teacher", flush=True)
+      teacher = os.path.join(W, g, "teacher")
+      times[f"{g} teacher"] = train(
+        f"{g}_teacher",
+        f"configs/finetune.py:task=sst-2,data_dir={sst}",
+        teacher,
         logs,
-        f"--config.teacher.path={meta}/export",
-        f"--config.student.path={init}",
-        "--config.learning_rate=1e-4",
+        f"--config.model.path={minilm_dir()}",
+        "--config.learning_rate=5e-5",
         *common,
-        f"--config.max_steps={I}",
-        f"--config.save_steps={I}",
-        *sd,
+        *every(T),
       )
-      t2 = train(
-        f"{tag}_meta_second",
-        f"configs/metakd_student.py:second,genre={g},data_dir={senti}",
-        second,
-        logs,
-        f"--config.teacher.path={meta}/export",
-        f"--config.student.path={first}/export",
-        "--config.learning_rate=1e-4",
-        *common,
-        *every(S),
-        *sd,
-      )
-      per = metakd_evaluate(second, senti, max_seq_length=L)
-      res["Meta-KD"][seed] = {
-        "accuracy": per[f"{g}/accuracy"],
-        "per_domain": per,
-        "wall_s": (t1 or 0) + (t2 or 0),
-      }
-      vk = os.path.join(W, g, f"vanilla_kd_s{seed}")
-      tv = train(
-        f"{tag}_vanilla_kd",
-        f"configs/vanilla_kd.py:task=sst-2,data_dir={sst}",
-        vk,
-        logs,
-        f"--config.student.path={init}",
-        f"--config.logits_saved_path={logits}",
-        "--config.learning_rate=1e-4",
-        *common,
-        *every(S),
-        *sd,
-      )
-      res["vanilla KD"][seed] = {
-        "accuracy": sst2_accuracy(vk, sst, os.path.join(vk, "eval")),
-        "wall_s": tv,
-      }
-      tb1, tb2 = (
-        os.path.join(W, g, f"tinybert_1_s{seed}"),
-        os.path.join(W, g, f"tinybert_2_s{seed}"),
-      )
-      ta = train(
-        f"{tag}_tinybert_1",
-        f"configs/tinybert.py:intermediate,task=sst-2,data_dir={sst}",
-        tb1,
-        logs,
-        f"--config.teacher.path={teacher}",
-        f"--config.student.path={init}",
-        "--config.learning_rate=1e-4",
-        *common,
-        f"--config.max_steps={I}",
-        f"--config.save_steps={I}",
-        *sd,
-      )
-      tb = train(
-        f"{tag}_tinybert_2",
-        f"configs/tinybert.py:prediction,task=sst-2,data_dir={sst}",
-        tb2,
-        logs,
-        f"--config.teacher.path={teacher}",
-        f"--config.student.path={tb1}/export",
-        "--config.learning_rate=1e-4",
-        *common,
-        *every(S),
-        *sd,
-      )
-      res["TinyBERT"][seed] = {
-        "accuracy": sst2_accuracy(tb2, sst, os.path.join(tb2, "eval")),
-        "wall_s": (ta or 0) + (tb or 0),
-      }
-      with open(os.path.join(W, "results.json"), "w") as f:
-        json.dump({**results, "times": times}, f, indent=2)
+      res["teacher"] = sst2_accuracy(teacher, sst, os.path.join(teacher, "eval"))
+      logits = os.path.join(W, g, "teacher_train_logits.tsv")
+      if not os.path.exists(logits):
+        sh(
+          [
+            "-m",
+            "kdjax.evaluate",
+            f"--model={teacher}",
+            "--task=sst-2",
+            f"--data_dir={sst}",
+            "--split=train",
+            f"--logits_output={logits}",
+            f"--output_dir={os.path.join(W, g, 'eval')}",
+          ],
+          os.path.join(logs, f"{g}_logits.log"),
+        )
+      for seed in seeds:
+        if seed in done(g):
+          for m in METHODS:
+            res[m][seed] = previous[g]["result"][m][seed]
+          continue
+        sd = [f"--config.seed={seed}"]
+        tag = f"{g}_s{seed}"
+        print(f"[{g}] seed {seed}", flush=True)
+        first, second = (
+          os.path.join(W, g, f"meta_first_s{seed}"),
+          os.path.join(W, g, f"meta_second_s{seed}"),
+        )
+        t1 = train(
+          f"{tag}_meta_first",
+          f"configs/metakd_student.py:first,genre={g},data_dir={senti}",
+          first,
+          logs,
+          f"--config.teacher.path={meta}/export",
+          f"--config.student.path={init}",
+          "--config.learning_rate=1e-4",
+          *common,
+          f"--config.max_steps={I}",
+          f"--config.save_steps={I}",
+          *sd,
+        )
+        t2 = train(
+          f"{tag}_meta_second",
+          f"configs/metakd_student.py:second,genre={g},data_dir={senti}",
+          second,
+          logs,
+          f"--config.teacher.path={meta}/export",
+          f"--config.student.path={first}/export",
+          "--config.learning_rate=1e-4",
+          *common,
+          *every(S),
+          *sd,
+        )
+        per = metakd_evaluate(second, senti, max_seq_length=L)
+        res["Meta-KD"][seed] = {
+          "accuracy": per[f"{g}/accuracy"],
+          "per_domain": per,
+          "wall_s": (t1 or 0) + (t2 or 0),
+        }
+        vk = os.path.join(W, g, f"vanilla_kd_s{seed}")
+        tv = train(
+          f"{tag}_vanilla_kd",
+          f"configs/vanilla_kd.py:task=sst-2,data_dir={sst}",
+          vk,
+          logs,
+          f"--config.student.path={init}",
+          f"--config.logits_saved_path={logits}",
+          "--config.learning_rate=1e-4",
+          *common,
+          *every(S),
+          *sd,
+        )
+        res["vanilla KD"][seed] = {
+          "accuracy": sst2_accuracy(vk, sst, os.path.join(vk, "eval")),
+          "wall_s": tv,
+        }
+        tb1, tb2 = (
+          os.path.join(W, g, f"tinybert_1_s{seed}"),
+          os.path.join(W, g, f"tinybert_2_s{seed}"),
+        )
+        ta = train(
+          f"{tag}_tinybert_1",
+          f"configs/tinybert.py:intermediate,task=sst-2,data_dir={sst}",
+          tb1,
+          logs,
+          f"--config.teacher.path={teacher}",
+          f"--config.student.path={init}",
+          "--config.learning_rate=1e-4",
+          *common,
+          f"--config.max_steps={I}",
+          f"--config.save_steps={I}",
+          *sd,
+        )
+        tb = train(
+          f"{tag}_tinybert_2",
+          f"configs/tinybert.py:prediction,task=sst-2,data_dir={sst}",
+          tb2,
+          logs,
+          f"--config.teacher.path={teacher}",
+          f"--config.student.path={tb1}/export",
+          "--config.learning_rate=1e-4",
+          *common,
+          *every(S),
+          *sd,
+        )
+        res["TinyBERT"][seed] = {
+          "accuracy": sst2_accuracy(tb2, sst, os.path.join(tb2, "eval")),
+          "wall_s": (ta or 0) + (tb or 0),
+        }
+        with open(os.path.join(W, "results.json"), "w") as f:
+          json.dump({**results, "times": times}, f, indent=2)
 
   lines = [
     "| target domain | meta-teacher (all domains) | target teacher (6L) | "
@@ -395,10 +458,9 @@ def main(argv=None):
     cells = [
       _stat([v["accuracy"] for v in res[k].values()]) for k in ("Meta-KD", "vanilla KD", "TinyBERT")
     ]
-    mt = results["meta_teacher"].get(f"{g}/accuracy")
-    lines.append(
-      f"| {g} | {100 * mt:.2f} | {100 * res['teacher']:.2f} | " + " | ".join(cells) + " |"
-    )
+    mt, tt = res.get("meta_teacher"), res.get("teacher")
+    pct = lambda x: "-" if x is None else f"{100 * x:.2f}"
+    lines.append(f"| {g} | {pct(mt)} | {pct(tt)} | " + " | ".join(cells) + " |")
   table = "\n".join(lines)
   note = (
     f"\ndev accuracy (%) on the target domain, mean +- std over seeds {seeds}; steps: "

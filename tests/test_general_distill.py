@@ -415,15 +415,19 @@ def test_multihost_2x4_matches_1x8_and_1x1(assets, tmp_path):
 
 
 def test_teacher_dtype_auto(assets):
-  """``teacher.dtype=auto`` (the default): bfloat16 off-CPU and on AMX CPUs, float32 on other
-  CPUs (XLA CPU's bfloat16 dots are no faster there); explicit values pass through."""
+  """``teacher.dtype=auto`` (the default): bfloat16 off-CPU, on AMX CPUs and on AVX512-BF16
+  CPUs when kdjax's oneDNN matmuls are in use; float32 on other CPUs (XLA CPU's own bfloat16
+  dots are no faster there); explicit values pass through."""
   from kdjax.models.loading import resolve_compute_dtype
   from kdjax.recipes.general_distill import GeneralDistill
 
   assert _config("minilmv2", None).teacher.dtype == "auto"
   assert resolve_compute_dtype("auto", backend="gpu") == "bfloat16"
   assert resolve_compute_dtype("auto", backend="tpu") == "bfloat16"
-  assert resolve_compute_dtype("auto", backend="cpu", cpu_flags={"avx512_bf16"}) == "float32"
+  bf16_cpu = {"avx512_bf16"}
+  assert resolve_compute_dtype("auto", backend="cpu", cpu_flags=bf16_cpu, onednn=False) == "float32"
+  assert resolve_compute_dtype("auto", backend="cpu", cpu_flags=bf16_cpu, onednn=True) == "bfloat16"
+  assert resolve_compute_dtype("auto", backend="cpu", cpu_flags={"avx2"}, onednn=True) == "float32"
   assert resolve_compute_dtype("auto", backend="cpu", cpu_flags={"amx_bf16"}) == "bfloat16"
   assert resolve_compute_dtype("bfloat16", backend="cpu", cpu_flags=()) == "bfloat16"
   assert resolve_compute_dtype(None) is None

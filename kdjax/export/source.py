@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from kdjax.data.tokenizer import Tokenizer
+from kdjax.kernels import cpu_matmul
 from kdjax.models import loading, native
 from kdjax.models import params as P
 from kdjax.models.bert import encoder_of, head_of
@@ -67,15 +68,18 @@ class ExportSource:
 
   def forward_fn(self, precision: str = "fp32") -> Callable:
     """``(params, input_ids, attention_mask, token_type_ids) -> {name: float32 array}``: pure,
-    jittable and traceable by jax.export / jax2tf / jax2onnx (inputs int32 ``[B, L]``)."""
+    jittable and traceable by jax.export / jax2tf / jax2onnx (inputs int32 ``[B, L]``), with
+    XLA's own dots only (``kdjax.kernels.cpu_matmul.portable``)."""
     dtype = PRECISIONS[precision]
     skeleton = P.split(self.model(dtype=dtype))[0]
     head = self.head
 
     def forward(params, input_ids, attention_mask, token_type_ids):
-      out = P.bind(skeleton, params)(
-        input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-      )
+      # XLA's own dots: an artefact must not name kdjax's oneDNN custom call (kdjax.kernels)
+      with cpu_matmul.portable():
+        out = P.bind(skeleton, params)(
+          input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
       if head in ("classification", "mlm"):
         return {"logits": out.logits.astype(jnp.float32)}
       hidden = out.last_hidden_state.astype(jnp.float32)

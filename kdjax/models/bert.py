@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kdjax.kernels import cpu_matmul
 from kdjax.models.config import BertConfig
 
 Array = jax.Array
@@ -133,6 +134,8 @@ def _linear(cfg: BertConfig, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linea
     param_dtype=jnp.float32,
     kernel_init=jax.nn.initializers.normal(cfg.initializer_range),
     bias_init=jax.nn.initializers.zeros,
+    # bfloat16 on CPU: oneDNN (AMX / AVX512-BF16) where XLA has no bf16 kernels (see there).
+    dot_general=cpu_matmul.dot_general,
     rngs=rngs,
   )
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from kdjax.kernels import cpu_matmul
 from kdjax.models import native
 from kdjax.models import params as P
 from kdjax.models.bert import create_model, encoder_of, head_of
@@ -284,12 +285,17 @@ def _cpu_flags() -> set[str]:
   return set()
 
 
-def resolve_compute_dtype(dtype: str | None, key: str = "dtype", *, backend=None, cpu_flags=None):
-  """``"auto"``: bfloat16 on GPU / TPU, and on CPUs with AMX (``amx_bf16``); float32 on other
-  CPUs. XLA CPU lowers bfloat16 dots without the AVX512-BF16 instructions (measured with
-  ``benchmarks/roofline.py`` on an AVX512-BF16 EPYC, jax 0.10.2: 165 GFLOP/s bf16 against
-  190 float32, while torch.mm reaches 410 in bf16), so there bf16 only adds casts; with AMX it
-  was a few % faster. Any other value is returned unchanged (None: the checkpoint's own)."""
+def resolve_compute_dtype(
+  dtype: str | None, key: str = "dtype", *, backend=None, cpu_flags=None, onednn=None
+):
+  """``"auto"``: bfloat16 on GPU / TPU, on CPUs with AMX (``amx_bf16``), and on CPUs with
+  AVX512-BF16 when kdjax's oneDNN matmul kernel is in use (``kdjax.kernels.cpu_matmul``: built,
+  ``KDJAX_CPU_MATMUL`` not ``xla``); float32 on other CPUs. XLA CPU itself lowers bfloat16 dots
+  without the CPU's bf16 instructions (``benchmarks/roofline.py``, jax 0.10.2: 165 GFLOP/s bf16
+  against 190 float32 on an AVX512-BF16 EPYC; ~240 against ~290 on an AMX Xeon), so without the
+  kernel bf16 only adds casts there; the kernel's oneDNN matmuls reach ~1,600-1,900 GFLOP/s
+  on the AMX Xeon. ``onednn`` overrides the kernel check (tests). Any other value is returned
+  unchanged (None: the checkpoint's own)."""
   if dtype != "auto":
     return dtype
   backend = backend or jax.default_backend()
@@ -297,10 +303,14 @@ def resolve_compute_dtype(dtype: str | None, key: str = "dtype", *, backend=None
     chosen, why = "bfloat16", f"the {backend} backend"
   else:
     flags = _cpu_flags() if cpu_flags is None else set(cpu_flags)
+    if onednn is None:
+      onednn = cpu_matmul.mode() != "xla" and cpu_matmul.available()
     if "amx_bf16" in flags:
-      chosen, why = "bfloat16", "a CPU with AMX"
+      chosen, why = "bfloat16", "a CPU with AMX" + (" (oneDNN matmuls)" if onednn else "")
+    elif "avx512_bf16" in flags and onednn:
+      chosen, why = "bfloat16", "a CPU with AVX512-BF16 (oneDNN matmuls)"
     else:
-      chosen, why = "float32", "a CPU without AMX (XLA CPU has no native bfloat16 dots there)"
+      chosen, why = "float32", "a CPU without AMX or oneDNN AVX512-BF16 matmuls"
   log.info("%s=auto: %s on %s", key, chosen, why)
   return chosen
 

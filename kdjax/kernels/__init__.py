@@ -1,0 +1,1 @@
+"""Hand-written kernels that XLA lacks on some backends (see each module)."""
