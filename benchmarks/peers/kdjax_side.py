@@ -15,7 +15,9 @@ flags do not carry are added from outside, without editing it:
   (``block_until_ready``): the harness reports min/median/max per step, the script only a mean.
 
 ``--dtype=bfloat16`` is ``--teacher_dtype=bfloat16 --student_dtype=bfloat16`` (compute dtype;
-parameters and AdamW stay float32), kdjax's counterpart of PyTorch's bf16 autocast.
+parameters and AdamW stay float32), kdjax's counterpart of PyTorch's bf16 autocast. The bf16
+dense matmuls run in kdjax's oneDNN kernel where it is built and the CPU has AVX512-BF16 / AMX
+(``kdjax.kernels.cpu_matmul``; ``KDJAX_CPU_MATMUL=xla`` in the environment times XLA's own).
 
 TinyBERT shapes time the ``tinybert`` recipe's stage-1 step (``configs/tinybert.py:intermediate``,
 built by ``kdjax.recipes.tinybert.build`` and run by the trainer, AdamW and clipping included):

@@ -7,7 +7,8 @@
 Rows are (shape, dtype, relation): MiniLMv2 shapes run float32 and bfloat16, each with the token
 relation only and with PP-MiniLM's sample relation added ("+sample": (1-b) token + b sample,
 b = 0.5); TinyBERT shapes run float32 and bfloat16. Implementations:
-  kdjax       benchmarks/distill_throughput.py's jitted step (through kdjax_side.py), kdjax venv
+  kdjax       MiniLMv2: benchmarks/distill_throughput.py's jitted step; TinyBERT: the tinybert
+              recipe's stage-1 step (both through kdjax_side.py), kdjax venv
   torch       plain PyTorch + transformers MiniLMv2 (torch_minilm.py)          venv "torch"
   textbrewer  TextBrewer GeneralDistiller, TinyBERT-style (textbrewer_tinybert.py) venv "textbrewer"
   paddle      PaddleNLP MiniLMv2 (paddle_minilm.py)                            venv "paddle"
