@@ -12,7 +12,8 @@ model and SIMD flags, and writes JSON with ``--json``.
 
 XLA settings compared (``XLA_FLAGS``): the default; ``--xla_cpu_use_onednn=true`` (oneDNN
 matmuls); ``--xla_cpu_experimental_{onednn,xnn,ynn}_fusion_type=dot`` (dots as oneDNN, XNNPACK or
-YNNPACK fusions); each is a flag of the
+YNNPACK fusions); and ``kdjax-onednn``, kdjax's own oneDNN custom call
+(``kdjax.kernels.cpu_matmul.matmul``, what the models' bf16 dense layers use on CPU); each is a flag of the
 installed jaxlib (``strings libjax_common.so | grep xla_cpu_``). A setting the installed jaxlib
 rejects is reported as unavailable.
 """
@@ -60,7 +61,11 @@ if impl == "torch":
   out["version"] = torch.__version__
 else:
   import jax, jax.numpy as jnp
-  f = jax.jit(jnp.dot)
+  if impl == "kdjax-onednn":
+    from kdjax.kernels import cpu_matmul
+    f = jax.jit(cpu_matmul.matmul)
+  else:
+    f = jax.jit(jnp.dot)
   for name, (m, k, nn) in shapes.items():
     for dt in ("float32", "bfloat16"):
       a = jnp.ones((m, k), dt); b = jnp.ones((k, nn), dt)
@@ -100,9 +105,17 @@ def main(argv=None):
     default=os.path.join(ROOT, "benchmarks", "peers", ".venvs", "torch", "bin", "python"),
     help="a python with torch (benchmarks/peers/setup.sh); skipped if missing",
   )
+  p.add_argument(
+    "--kernel",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="also time kdjax's oneDNN matmul custom call (kdjax/kernels/cpu_matmul.py)",
+  )
   p.add_argument("--json", default="")
   args = p.parse_args(argv)
   impls = [(s, sys.executable, "jax", XLA_SETTINGS[s]) for s in args.settings.split(",") if s]
+  if args.kernel:
+    impls.append(("kdjax-onednn", sys.executable, "kdjax-onednn", ""))
   if os.path.exists(args.torch_python):
     impls.append(("torch", args.torch_python, "torch", ""))
   best: dict[str, dict] = {}
