@@ -154,6 +154,8 @@ def build(prefix: str | None = None, cxx: str | None = None, verbose: bool = Tru
 @functools.cache
 def _load() -> tuple[bool, str]:
   """(available, detail): registers the FFI target once per process."""
+  if not os.path.exists(SOURCE):
+    return False, f"not built ({SOURCE} is missing from this install)"
   path = library_path()
   if not os.path.exists(path):
     return False, f"not built ({path} missing; run `{BUILD_CMD}`)"
