@@ -274,17 +274,6 @@ def with_labels(model: nnx.Module, labels) -> nnx.Module:
   return with_config(model, cfg)
 
 
-def _cpu_flags() -> set[str]:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
-
-
 def resolve_compute_dtype(
   dtype: str | None, key: str = "dtype", *, backend=None, cpu_flags=None, onednn=None
 ):
@@ -302,7 +291,7 @@ def resolve_compute_dtype(
   if backend != "cpu":
     chosen, why = "bfloat16", f"the {backend} backend"
   else:
-    flags = _cpu_flags() if cpu_flags is None else set(cpu_flags)
+    flags = set(cpu_matmul.cpu_flags() if cpu_flags is None else cpu_flags)
     if onednn is None:
       onednn = cpu_matmul.mode() != "xla" and cpu_matmul.available()
     if "amx_bf16" in flags:
