@@ -237,6 +237,10 @@ def main(argv=None):
     f"--config.batch_size={args.batch_size}",
     "--config.logging_steps=20",
   ]
+  # The teachers' compute dtype is pinned to float32, the setting every published row used,
+  # so that a config default moving to "auto" (bf16 on AMX CPUs) cannot mix numerics
+  # across runs joined with --previous.
+  teacher_f32 = "--config.teacher.dtype=float32"
   every = lambda n: [
     f"--config.max_steps={n}",
     f"--config.eval_steps={max(1, n // 2)}",
@@ -371,6 +375,7 @@ def main(argv=None):
           first,
           logs,
           f"--config.teacher.path={meta}/export",
+          teacher_f32,
           f"--config.student.path={init}",
           "--config.learning_rate=1e-4",
           *common,
@@ -384,6 +389,7 @@ def main(argv=None):
           second,
           logs,
           f"--config.teacher.path={meta}/export",
+          teacher_f32,
           f"--config.student.path={first}/export",
           "--config.learning_rate=1e-4",
           *common,
@@ -423,6 +429,7 @@ def main(argv=None):
           tb1,
           logs,
           f"--config.teacher.path={teacher}",
+          teacher_f32,
           f"--config.student.path={init}",
           "--config.learning_rate=1e-4",
           *common,
@@ -436,6 +443,7 @@ def main(argv=None):
           tb2,
           logs,
           f"--config.teacher.path={teacher}",
+          teacher_f32,
           f"--config.student.path={tb1}/export",
           "--config.learning_rate=1e-4",
           *common,
