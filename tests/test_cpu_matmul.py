@@ -97,14 +97,28 @@ def test_dot_general_routing(bf16_kernel):
   np.testing.assert_allclose(
     _f64(got), np.einsum("abk,kn->abn", _f64(x), _f64(w)), rtol=2**-7, atol=3e-2
   )
-  # float32, another contraction, or a float32 result asked for: XLA's dot
+  # float32 operands or another contraction: XLA's dot
   assert not _has_custom_call(dense, x.astype(jnp.float32), w.astype(jnp.float32))
   other = lambda a, b: cpu_matmul.dot_general(a, b, (((1,), (1,)), ((), ())))
   assert not _has_custom_call(other, x[0], w.T)
+  # bfloat16 operands with a float32 result asked for: oneDNN, output not rounded to bf16
   f32_out = lambda a, b: cpu_matmul.dot_general(
     a, b, (((2,), (0,)), ((), ())), preferred_element_type=jnp.float32
   )
-  assert not _has_custom_call(f32_out, x, w)
+  assert _has_custom_call(f32_out, x, w)
+  got = f32_out(x, w)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(
+    np.asarray(got, np.float64), np.einsum("abk,kn->abn", _f64(x), _f64(w)), rtol=1e-5, atol=1e-5
+  )
+  # its gradient: the float32 cotangent rounded to bf16, as torch's autocast backward does
+  g = jnp.asarray(rng.standard_normal((2, 3, 4)), jnp.float32)
+  dx, dw = jax.grad(lambda a, b: jnp.sum(f32_out(a, b) * g), argnums=(0, 1))(x, w)
+  g16 = _f64(g.astype(jnp.bfloat16))
+  np.testing.assert_allclose(_f64(dx), g16 @ _f64(w).T, rtol=2**-7, atol=3e-2)
+  np.testing.assert_allclose(
+    _f64(dw), np.einsum("abk,abn->kn", _f64(x), g16), rtol=2**-7, atol=3e-2
+  )
   with cpu_matmul.portable():  # what exporters trace under
     assert not _has_custom_call(dense, x, w)
   assert _has_custom_call(dense, x, w)
@@ -157,7 +171,9 @@ def test_bert_bf16_with_onednn_matches_xla(bf16_kernel):
   for mode in ("xla", "onednn"):
     cpu_matmul.set_mode(mode)
     f = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    assert (cpu_matmul.TARGET in f.lower(params).as_text()) == (mode == "onednn")
+    hlo = f.lower(params).as_text()
+    for target in (cpu_matmul.DENSE_TARGET, cpu_matmul.BMM_TARGET):  # layers and attention
+      assert (target in hlo) == (mode == "onednn")
     results[mode] = f(params)
   (_, zx), gx = results["xla"]
   (_, zo), go = results["onednn"]
@@ -167,3 +183,134 @@ def test_bert_bf16_with_onednn_matches_xla(bf16_kernel):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     scale = np.abs(a).max() + 1e-6
     assert np.abs(a - b).max() <= 0.05 * scale
+
+  # Forward only (a frozen teacher): GELU fused into the call, same logits.
+  import re
+
+  erf = lambda: re.search(r"\berf\b", jax.jit(lambda p: loss(p)[1]).lower(params).as_text())
+  cpu_matmul.set_mode("xla")
+  assert erf()  # the unfused GELU
+  cpu_matmul.set_mode("onednn")
+  assert not erf()
+  np.testing.assert_allclose(
+    _f64(jax.jit(lambda p: loss(p)[1])(params)), _f64(zx), rtol=0.05, atol=0.05
+  )
+
+
+# --------------------------------------------------------------------------- batched einsum
+ATTENTION_SPECS = [
+  ("bqnd,bknd->bnqk", (2, 5, 3, 4), (2, 6, 3, 4), jnp.float32),  # scores, float32 out
+  ("bnqk,bknd->bqnd", (2, 3, 5, 6), (2, 6, 3, 4), None),  # context, into [B, L, N, D]
+  ("bqnd,bnqk->bknd", (2, 5, 3, 4), (2, 3, 5, 6), None),  # a backward form (output transposed)
+  ("ij,jk->ik", (7, 9), (9, 4), None),  # no batch dims
+  ("brld,brmd->brlm", (2, 3, 4, 5), (2, 3, 6, 5), jnp.float32),  # MiniLM relations
+]
+
+
+@pytest.mark.parametrize("spec,xs,ys,out", ATTENTION_SPECS)
+def test_einsum_matches_numpy_with_gradients(bf16_kernel, spec, xs, ys, out):
+  rng = np.random.default_rng(len(spec))
+  x, y = _bf16(rng, *xs), _bf16(rng, *ys)
+  cpu_matmul.set_mode("onednn")
+  f = lambda a, b: cpu_matmul.einsum(spec, a, b, preferred_element_type=out)
+  assert cpu_matmul.BMM_TARGET in jax.jit(f).lower(x, y).as_text()
+  got = jax.jit(f)(x, y)
+  assert got.dtype == (out or jnp.bfloat16)
+  want = np.einsum(spec, _f64(x), _f64(y))
+  tol = 1e-5 if out == jnp.float32 else 2**-7
+  np.testing.assert_allclose(_f64(got), want, rtol=tol, atol=tol * np.abs(want).max())
+  g = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+  dx, dy = jax.jit(jax.grad(lambda a, b: jnp.sum(f(a, b) * g), argnums=(0, 1)))(x, y)
+  ins, o = spec.split("->")
+  xsub, ysub = ins.split(",")
+  g16 = _f64(g.astype(jnp.bfloat16))  # the cotangent is rounded to bf16 first
+  for got_d, want_d in (
+    (dx, np.einsum(f"{o},{ysub}->{xsub}", g16, _f64(y))),
+    (dy, np.einsum(f"{xsub},{o}->{ysub}", _f64(x), g16)),
+  ):
+    assert got_d.dtype == jnp.bfloat16
+    np.testing.assert_allclose(_f64(got_d), want_d, rtol=2**-7, atol=2**-7 * np.abs(want_d).max())
+
+
+def test_einsum_routing(bf16_kernel):
+  rng = np.random.default_rng(0)
+  x, y = _bf16(rng, 2, 5, 3, 4), _bf16(rng, 2, 6, 3, 4)
+  cpu_matmul.set_mode("onednn")
+  has = lambda spec, a, b: (
+    cpu_matmul.BMM_TARGET
+    in jax.jit(lambda a, b: cpu_matmul.einsum(spec, a, b)).lower(a, b).as_text()
+  )
+  assert has("bqnd,bknd->bnqk", x, y)
+  assert not has("bqnd,bknd->bnqk", x.astype(jnp.float32), y.astype(jnp.float32))  # f32: XLA
+  assert not has("bqnd,bknd->bn", x, y)  # two contracted letters: XLA
+  assert not has("...d,...d->...", x[:, :5], y[:, :5])  # ellipsis: XLA
+  # the output's last dim a batch dim: no oneDNN layout, XLA computes it
+  x3, y3 = x[:, :, 0], y[:, :, 0]
+  assert not has("bqd,bkd->qkb", x3, y3)
+  np.testing.assert_allclose(
+    _f64(cpu_matmul.einsum("bqd,bkd->qkb", x3, y3)),
+    np.einsum("bqd,bkd->qkb", _f64(x3), _f64(y3)),
+    rtol=2**-7,
+    atol=0.05,
+  )
+  cpu_matmul.set_mode("xla")
+  assert not has("bqnd,bknd->bnqk", x, y)
+
+
+# --------------------------------------------------------------------------- dense layer
+@pytest.mark.parametrize("activation", [None, "gelu_erf", "gelu_tanh", "relu"])
+def test_dense_matches_numpy_forward_and_gradient(bf16_kernel, activation):
+  import math
+
+  fns = {
+    None: (None, lambda v: v),
+    "gelu_erf": (
+      lambda v: jax.nn.gelu(v, approximate=False),
+      np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2)))),
+    ),
+    "gelu_tanh": (
+      lambda v: jax.nn.gelu(v, approximate=True),
+      lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3))),
+    ),
+    "relu": (jax.nn.relu, lambda v: np.maximum(v, 0)),
+  }
+  act_fn, np_act = fns[activation]
+  rng = np.random.default_rng(7)
+  x, w = _bf16(rng, 2, 9, 16), _bf16(rng, 16, 24)
+  b = jnp.asarray(rng.normal(size=24), jnp.float32)
+  cpu_matmul.set_mode("onednn")
+  f = lambda x, w, b: cpu_matmul.dense(x, w, b, activation=activation, act_fn=act_fn)
+  assert cpu_matmul.DENSE_TARGET in jax.jit(f).lower(x, w, b).as_text()
+  pre = np.einsum("blk,kn->bln", _f64(x), _f64(w)) + np.asarray(b, np.float64)
+  got = jax.jit(f)(x, w, b)  # fused: the activation inside the oneDNN call
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(_f64(got), np_act(pre), rtol=2**-7, atol=2e-2)
+  g = jnp.asarray(rng.normal(size=(2, 9, 24)), jnp.float32)
+  val, grads = jax.jit(
+    jax.value_and_grad(lambda *a: jnp.sum(f(*a).astype(jnp.float32) * g), argnums=(0, 1, 2))
+  )(x, w, b)
+  np.testing.assert_allclose(float(val), float(np.sum(np_act(pre) * _f64(g))), rtol=0.02)
+  # reference gradient: through the activation at the bf16-rounded pre-activation
+  pre16 = jnp.asarray(pre, jnp.bfloat16)
+  gpre = (
+    _f64(g)
+    if act_fn is None
+    else np.asarray(
+      jax.vjp(act_fn, pre16)[1](g.astype(jnp.bfloat16))[0].astype(jnp.float32), np.float64
+    )
+  )
+  gpre = _f64(jnp.asarray(gpre, jnp.bfloat16))
+  dx, dw, db = grads
+  assert (dx.dtype, dw.dtype, db.dtype) == (jnp.bfloat16, jnp.bfloat16, jnp.float32)
+  for got_d, want_d in (
+    (dx, np.einsum("bln,kn->blk", gpre, _f64(w))),
+    (dw, np.einsum("blk,bln->kn", _f64(x), gpre)),
+    (db, gpre.sum(axis=(0, 1))),
+  ):
+    np.testing.assert_allclose(_f64(got_d), want_d, rtol=0.02, atol=0.02 * np.abs(want_d).max())
+
+
+def test_dense_rejects_an_unknown_activation(bf16_kernel):
+  x, w = jnp.ones((2, 3), jnp.bfloat16), jnp.ones((3, 4), jnp.bfloat16)
+  with pytest.raises(ValueError, match="'swish' is not one of"):
+    cpu_matmul.dense(x, w, jnp.zeros(4), activation="swish")

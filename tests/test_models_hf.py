@@ -345,6 +345,19 @@ def test_every_supported_activation_matches_transformers():
     with torch.no_grad():
       ref = ACT2FN[name](torch.tensor(x)).numpy()
     np.testing.assert_allclose(np.asarray(ACTIVATIONS[name](jnp.asarray(x))), ref, atol=2e-6)
+
+
+def test_exact_gelu_against_float64_erf_and_keeps_the_dtype():
+  from kdjax.models.bert import ACTIVATIONS
+
+  x = np.linspace(-12.0, 12.0, 4801, dtype=np.float32)
+  ref = np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.astype(np.float64)])
+  got = ACTIVATIONS["gelu"](jnp.asarray(x))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), ref, atol=1.5e-6, rtol=0)
+  bf = ACTIVATIONS["gelu"](jnp.asarray(x, jnp.bfloat16))
+  assert bf.dtype == jnp.bfloat16  # evaluated in float32, returned in the input dtype
+  np.testing.assert_allclose(np.asarray(bf, np.float32), ref, rtol=1e-2, atol=1e-2)
   with pytest.raises(ValueError, match="unsupported hidden_act 'gelu_nope'"):
     models.BertConfig(hidden_act="gelu_nope")
 

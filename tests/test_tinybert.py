@@ -250,3 +250,31 @@ def test_two_stages_end_to_end(assets, tmp_path):
 
   best = loading.load_model(w2)
   assert models.head_of(best) == "classification"
+
+
+@pytest.mark.parametrize("mode", ["xla", "onednn"])
+def test_projection_runs_in_the_students_compute_dtype(mode):
+  """float32 students project in float32; bfloat16 students multiply in bfloat16 with a float32
+  result (the oneDNN kernel on CPU where built, XLA's dot otherwise), the bias added in f32."""
+  import jax.numpy as jnp
+
+  from kdjax.kernels import cpu_matmul
+
+  if mode == "onednn" and not (cpu_matmul.available() and cpu_matmul.cpu_flags() & {"avx512f"}):
+    pytest.skip("the oneDNN kernel is not built or this CPU has no bf16 matmul")
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 5, 6)).astype(np.float32)
+  proj = {"kernel": rng.standard_normal((6, 4)).astype(np.float32), "bias": np.ones(4, np.float32)}
+  want = np.einsum("blh,hk->blk", x.astype(np.float64), proj["kernel"]) + 1.0
+  got = tinybert.project(proj, "0", jnp.asarray(x))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+  cpu_matmul.set_mode(mode)
+  try:
+    r = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)
+    got16 = jax.jit(lambda a: tinybert.project(proj, "0", a))(jnp.asarray(x, jnp.bfloat16))
+    assert got16.dtype == jnp.float32  # not rounded to bf16 after the product
+    want16 = np.einsum("blh,hk->blk", r(x), r(proj["kernel"])) + 1.0
+    np.testing.assert_allclose(np.asarray(got16, np.float64), want16, rtol=1e-5, atol=1e-5)
+  finally:
+    cpu_matmul.set_mode(None)

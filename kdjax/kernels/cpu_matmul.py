@@ -10,9 +10,10 @@ unless its matmuls leave XLA.
 What: :func:`dot_general` is a drop-in ``dot_general`` for ``nnx.Linear`` (the BERT model's dense
 layers use it). For the dense-layer contraction ``x[..., K] @ w[K, N]`` with both operands in
 bfloat16 it reshapes ``x`` to ``[M, K]`` and calls the custom call ``kdjax_onednn_matmul``
-(``onednn_matmul.cc``: oneDNN's matmul primitive, float32 accumulation, bfloat16 output, as
-XLA's bf16 dot returns); everything else goes to ``jax.lax.dot_general``. The gradient is written
-out (``jax.custom_vjp``): ``dx = g @ w^T`` and ``dw = x^T @ g``, both through the same kernel.
+(``onednn_matmul.cc``: oneDNN's matmul primitive, float32 accumulation, bfloat16 output as
+XLA's bf16 dot returns, or float32 with ``preferred_element_type=float32``); everything else
+goes to ``jax.lax.dot_general``. The gradient is written out (``jax.custom_vjp``):
+``dx = g @ w^T`` and ``dw = x^T @ g``, both through the same kernel.
 
 When (``KDJAX_CPU_MATMUL`` or :func:`set_mode`, read at trace time):
   ``auto`` (default)  oneDNN when the backend is CPU with one device, the CPU has ``amx_bf16``
@@ -53,6 +54,10 @@ import jax.numpy as jnp
 import numpy as np
 
 TARGET = "kdjax_onednn_matmul"
+BMM_TARGET = "kdjax_onednn_bmm"
+DENSE_TARGET = "kdjax_onednn_dense"
+# activations oneDNN applies inside the dense call (its post-op codes in onednn_matmul.cc)
+FUSED_ACTIVATIONS = {"gelu_erf": 1, "gelu_tanh": 2, "relu": 3}
 MODES = ("auto", "onednn", "xla")
 ENV = "KDJAX_CPU_MATMUL"
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_matmul.cc")
@@ -164,6 +169,8 @@ def _load() -> tuple[bool, str]:
   except OSError as e:
     return False, f"{path} does not load: {e}"
   jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.KdjaxOnednnMatmul), platform="cpu")
+  jax.ffi.register_ffi_target(BMM_TARGET, jax.ffi.pycapsule(lib.KdjaxOnednnBmm), platform="cpu")
+  jax.ffi.register_ffi_target(DENSE_TARGET, jax.ffi.pycapsule(lib.KdjaxOnednnDense), platform="cpu")
   lib.kdjax_onednn_version.restype = ctypes.c_char_p
   return True, f"oneDNN {lib.kdjax_onednn_version().decode()} ({path})"
 
@@ -214,25 +221,30 @@ def _call(a, b, trans_a: bool, trans_b: bool, out_dtype):
   )(a, b, trans_a=np.bool_(trans_a), trans_b=np.bool_(trans_b))
 
 
-@jax.custom_vjp
-def matmul(x_MxK, w_KxN):
-  """``x @ w`` through oneDNN (both bfloat16 or both float32; output in the input dtype)."""
-  return _call(x_MxK, w_KxN, False, False, x_MxK.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x_MxK, w_KxN, out_dtype):
+  return _call(x_MxK, w_KxN, False, False, out_dtype)
 
 
-def _matmul_fwd(x, w):
-  return matmul(x, w), (x, w)
+def _matmul_fwd(x, w, out_dtype):
+  return _matmul(x, w, out_dtype), (x, w)
 
 
-def _matmul_bwd(res, g_MxN):
+def _matmul_bwd(out_dtype, res, g_MxN):
   x, w = res
-  g = g_MxN.astype(x.dtype)
+  g = g_MxN.astype(x.dtype)  # a float32 cotangent is rounded to the operands' dtype (autocast)
   dx = _call(g, w, False, True, x.dtype)  # [M, N] @ [K, N]^T
   dw = _call(x, g, True, False, w.dtype)  # [M, K]^T @ [M, N]
   return dx, dw
 
 
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def matmul(x_MxK, w_KxN, out_dtype=None):
+  """``x @ w`` through oneDNN: both bfloat16 or both float32, accumulated in float32, returned
+  in ``out_dtype`` (default the input dtype; bfloat16 inputs may ask for float32)."""
+  return _matmul(x_MxK, w_KxN, jnp.dtype(out_dtype or x_MxK.dtype))
 
 
 def _is_dense(lhs, rhs, dimension_numbers) -> bool:
@@ -253,13 +265,13 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
   if (
     lhs.dtype == jnp.bfloat16
     and rhs.dtype == jnp.bfloat16
-    and out_dtype in (None, jnp.dtype(jnp.bfloat16))
+    and out_dtype in (None, jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
     and all(v is None for v in kwargs.values())  # e.g. nnx.Linear's out_sharding=None
     and _is_dense(lhs, rhs, dimension_numbers)
     and _enabled()
   ):
     k, n = rhs.shape
-    y = matmul(lhs.reshape(-1, k), rhs)
+    y = matmul(lhs.reshape(-1, k), rhs, out_dtype)
     return y.reshape(*lhs.shape[:-1], n)
   return jax.lax.dot_general(
     lhs,
@@ -269,6 +281,179 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     preferred_element_type=preferred_element_type,
     **kwargs,
   )
+
+
+# --------------------------------------------------------------------------- dense layer
+def _dense_call(x, w, b, act: int):
+  return jax.ffi.ffi_call(
+    DENSE_TARGET, jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), x.dtype), vmap_method="sequential"
+  )(x, w, b, act=np.int64(act))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _dense(x, w, b, act, act_fn):
+  return _dense_call(x, w, b, act)  # not differentiated (a frozen teacher): one fused call
+
+
+def _dense_fwd(x, w, b, act, act_fn):
+  # Differentiated: bias in the call, the activation in XLA, its input kept for the backward.
+  pre = _dense_call(x, w, b, 0)
+  return (act_fn(pre) if act_fn is not None else pre), (x, w, b, pre if act_fn else None)
+
+
+def _dense_bwd(act, act_fn, res, g):
+  x, w, b, pre = res
+  if act_fn is not None:
+    g = jax.vjp(act_fn, pre)[1](g)[0]
+  g = g.astype(x.dtype)
+  dx = _call(g, w, False, True, x.dtype)
+  dw = _call(x, g, True, False, w.dtype)
+  # the bias gradient sum_m g[m, :] as a [1, M] @ [M, N] product: XLA CPU lowers the column sum
+  # of a [B, L, N] cotangent as a slow reduce-window (~25 ms for 32 x 128 x 1200 on 2 cores)
+  db = _call(jnp.ones((1, g.shape[0]), g.dtype), g, False, False, jnp.float32)[0]
+  return dx, dw, db.astype(b.dtype)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def dense_enabled() -> bool:
+  """Whether :func:`dense` would run a bfloat16 layer traced now in oneDNN (:func:`_enabled`)."""
+  return _enabled()
+
+
+def dense(x, kernel, bias, activation: str | None = None, act_fn=None):
+  """``act(x @ kernel + bias)`` for bfloat16 ``x [..., K]`` and ``kernel [K, N]``, ``bias [N]``
+  (float32 or bfloat16) in one oneDNN call: bias and activation are applied to the float32
+  accumulator, and the result is bfloat16.
+
+  ``activation`` names a fused one (``FUSED_ACTIVATIONS``) and ``act_fn`` is the same function
+  in JAX, used when the layer is differentiated: then the call adds the bias only, XLA applies
+  ``act_fn`` and keeps its input for the backward, as an unfused layer does. ``act_fn`` with no
+  ``activation`` is applied after the call. Gradients: ``dx = g W^T``, ``dW = x^T g`` and ``db``
+  (a ``[1, M] @ [M, N]`` product), all in oneDNN. Callers check :func:`dense_enabled` first."""
+  if activation is not None and activation not in FUSED_ACTIVATIONS:
+    raise ValueError(f"activation {activation!r} is not one of {sorted(FUSED_ACTIVATIONS)}")
+  k, n = kernel.shape
+  code = FUSED_ACTIVATIONS[activation] if activation is not None else 0
+  fn = act_fn if code else None
+  y = _dense(x.reshape(-1, k), kernel, bias, code, fn).reshape(*x.shape[:-1], n)
+  if act_fn is not None and not code:
+    y = act_fn(y)
+  return y
+
+
+# --------------------------------------------------------------------------- batched einsum
+def _parse(spec: str, x_ndim: int, y_ndim: int):
+  """``(xs, ys, os, batch, m, n, k)`` for a two-operand einsum that is one batched matmul: every
+  letter appears once per operand; batch letters in all three, exactly one contracted letter
+  ``k`` (both inputs, not the output), one ``m`` (x and output) and one ``n`` (y and output).
+  None for anything else (ellipses, traces, broadcasting, sums over one operand)."""
+  if "." in spec or "->" not in spec:
+    return None
+  ins, os_ = spec.replace(" ", "").split("->")
+  parts = ins.split(",")
+  if len(parts) != 2:
+    return None
+  xs, ys = parts
+  if len(xs) != x_ndim or len(ys) != y_ndim:
+    return None
+  if any(len(set(t)) != len(t) for t in (xs, ys, os_)):
+    return None
+  sx, sy, so = set(xs), set(ys), set(os_)
+  if not so <= sx | sy:
+    return None
+  batch = [c for c in os_ if c in sx and c in sy]
+  ks = [c for c in xs if c in sy and c not in so]
+  ms = [c for c in xs if c in so and c not in sy]
+  ns = [c for c in ys if c in so and c not in sx]
+  if len(ks) != 1 or len(ms) != 1 or len(ns) != 1 or len(batch) > 3:
+    return None
+  if len(xs) != len(batch) + 2 or len(ys) != len(batch) + 2:
+    return None
+  return xs, ys, os_, batch, ms[0], ns[0], ks[0]
+
+
+def _row_major(sub: str, shape) -> dict:
+  st, acc = {}, 1
+  for c, d in zip(reversed(sub), reversed(shape)):
+    st[c] = acc
+    acc *= d
+  return st
+
+
+def _bmm_call(spec: str, x, y, out_dtype):
+  ok, detail = _load()
+  if not ok:
+    raise RuntimeError(f"the oneDNN matmul kernel is {detail}")
+  xs, ys, os_, batch, m, n, k = _parse(spec, x.ndim, y.ndim)
+  size = {**dict(zip(ys, y.shape)), **dict(zip(xs, x.shape))}
+  for c in set(xs) & set(ys):
+    if dict(zip(xs, x.shape))[c] != dict(zip(ys, y.shape))[c]:
+      raise ValueError(f"einsum {spec!r}: dimension {c!r} differs: {x.shape} vs {y.shape}")
+  out_shape = tuple(size[c] for c in os_)
+  sx, sy, so = _row_major(xs, x.shape), _row_major(ys, y.shape), _row_major(os_, out_shape)
+  if so[n] != 1:
+    if so[m] != 1:  # the output's last dim is a batch dim: no oneDNN layout for it
+      return jnp.einsum(spec, x, y, preferred_element_type=out_dtype).astype(out_dtype)
+    # oneDNN's fast kernels write rows: compute out^T = y^T x^T (its rows are contiguous)
+    x, y, sx, sy, m, n = y, x, sy, sx, n, m
+  arr = lambda v: np.asarray(v, np.int64)
+  return jax.ffi.ffi_call(
+    BMM_TARGET, jax.ShapeDtypeStruct(out_shape, out_dtype), vmap_method="sequential"
+  )(
+    x,
+    y,
+    batch=arr([size[c] for c in batch]),
+    mnk=arr([size[m], size[n], size[k]]),
+    a_strides=arr([sx[c] for c in batch] + [sx[m], sx[k]]),
+    b_strides=arr([sy[c] for c in batch] + [sy[k], sy[n]]),
+    c_strides=arr([so[c] for c in batch] + [so[m], so[n]]),
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _bmm(spec, x, y, out_dtype):
+  return _bmm_call(spec, x, y, out_dtype)
+
+
+def _bmm_fwd(spec, x, y, out_dtype):
+  return _bmm(spec, x, y, out_dtype), (x, y)
+
+
+def _bmm_bwd(spec, out_dtype, res, g):
+  x, y = res
+  xs, ys, os_ = _parse(spec, x.ndim, y.ndim)[:3]
+  g = g.astype(x.dtype)  # as _matmul_bwd: the cotangent in the operands' dtype
+  return _bmm_call(f"{os_},{ys}->{xs}", g, y, x.dtype), _bmm_call(
+    f"{xs},{os_}->{ys}", x, g, y.dtype
+  )
+
+
+_bmm.defvjp(_bmm_fwd, _bmm_bwd)
+
+
+def einsum(spec: str, x, y, preferred_element_type=None):
+  """``jnp.einsum(spec, x, y, preferred_element_type=...)`` with bfloat16 batched matmuls sent to
+  oneDNN on CPU (when :func:`dot_general` would send a dense layer there).
+
+  Applies to two bfloat16 operands whose einsum is one batched matmul (:func:`_parse`: batch
+  letters, one contracted, one free letter per operand), e.g. attention's
+  ``"bqnd,bknd->bnqk"`` and ``"bnqk,bknd->bqnd"``: oneDNN reads each operand through its strides
+  as XLA lays it out, so the head split needs no transpose. Result in bfloat16, or float32 when
+  asked, accumulated in float32. The gradient is two more such einsums (``custom_vjp``), with a
+  float32 cotangent rounded to bfloat16 first. Anything else is ``jnp.einsum``.
+  """
+  out_dtype = jnp.dtype(preferred_element_type) if preferred_element_type is not None else None
+  if (
+    x.dtype == jnp.bfloat16
+    and y.dtype == jnp.bfloat16
+    and out_dtype in (None, jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
+    and _parse(spec, x.ndim, y.ndim) is not None
+    and _enabled()
+  ):
+    return _bmm(spec, x, y, out_dtype or jnp.dtype(jnp.bfloat16))
+  return jnp.einsum(spec, x, y, preferred_element_type=preferred_element_type)
 
 
 def main(argv=None):

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -104,7 +105,194 @@ ffi::Error MatmulImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBu
   return ffi::Error::Success();
 }
 
+// Batched matmul over strided views: out[batch..., M, N] = a[batch..., M, K] @ b[batch..., K, N],
+// each operand's logical dims read through the element strides given (one per logical dim), so
+// an einsum such as "bqnd,bknd->bnqk" runs on the buffers as XLA lays them out, without
+// transposes. `batch` holds the batch sizes (0 to 3 dims), `mnk` = {M, N, K}.
+using BmmKey = std::vector<int64_t>;
+
+std::map<BmmKey, dnnl::matmul>& BmmCache() {
+  static auto* cache = new std::map<BmmKey, dnnl::matmul>();
+  return *cache;
+}
+
+ffi::Error BmmImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
+                   ffi::Span<const int64_t> batch, ffi::Span<const int64_t> mnk,
+                   ffi::Span<const int64_t> a_strides, ffi::Span<const int64_t> b_strides,
+                   ffi::Span<const int64_t> c_strides) {
+  const size_t nb = batch.size();
+  if (nb > 3 || mnk.size() != 3 || a_strides.size() != nb + 2 || b_strides.size() != nb + 2 ||
+      c_strides.size() != nb + 2) {
+    return ffi::Error::InvalidArgument("kdjax_onednn_bmm: bad dims / strides attributes");
+  }
+  memory::data_type in_t, b_t, out_t;
+  if (!ToDnnl(a.element_type(), &in_t) || !ToDnnl(b.element_type(), &b_t) ||
+      !ToDnnl(out->element_type(), &out_t) || in_t != b_t) {
+    return ffi::Error::InvalidArgument(
+        "kdjax_onednn_bmm: operands must both be bfloat16 or both float32, "
+        "the output bfloat16 or float32");
+  }
+  const int64_t m = mnk[0], n = mnk[1], k = mnk[2];
+  int64_t count = m * n;
+  for (int64_t d : batch) count *= d;
+  // The buffers must hold every element the strides reach (XLA gives dense arrays).
+  auto reach = [&](ffi::Span<const int64_t> st, int64_t r, int64_t c) {
+    int64_t last = 0;
+    for (size_t i = 0; i < nb; ++i) last += (batch[i] - 1) * st[i];
+    return last + (r - 1) * st[nb] + (c - 1) * st[nb + 1] + 1;
+  };
+  if (count == 0) return ffi::Error::Success();
+  if (reach(c_strides, m, n) != static_cast<int64_t>(out->element_count())) {
+    return ffi::Error::InvalidArgument("kdjax_onednn_bmm: output strides do not cover the output");
+  }
+  if (k == 0) {
+    std::memset(out->untyped_data(), 0, out->size_bytes());
+    return ffi::Error::Success();
+  }
+  if (reach(a_strides, m, k) > static_cast<int64_t>(a.element_count()) ||
+      reach(b_strides, k, n) > static_cast<int64_t>(b.element_count())) {
+    return ffi::Error::InvalidArgument("kdjax_onednn_bmm: strides run past an operand");
+  }
+  memory::dims bd(batch.begin(), batch.end());
+  auto with = [&](int64_t r, int64_t c) {
+    memory::dims d = bd;
+    d.push_back(r);
+    d.push_back(c);
+    return d;
+  };
+  auto strides = [](ffi::Span<const int64_t> st) { return memory::dims(st.begin(), st.end()); };
+  memory::desc a_md(with(m, k), in_t, strides(a_strides));
+  memory::desc b_md(with(k, n), in_t, strides(b_strides));
+  memory::desc c_md(with(m, n), out_t, strides(c_strides));
+  BmmKey key(batch.begin(), batch.end());
+  key.insert(key.end(), {m, n, k, static_cast<int64_t>(in_t), static_cast<int64_t>(out_t)});
+  for (auto st : {a_strides, b_strides, c_strides}) key.insert(key.end(), st.begin(), st.end());
+  dnnl::matmul prim;
+  {
+    std::lock_guard<std::mutex> lock(cache_mu);
+    auto it = BmmCache().find(key);
+    if (it == BmmCache().end()) {
+      try {
+        dnnl::matmul::primitive_desc pd(Engine(), a_md, b_md, c_md);
+        it = BmmCache().emplace(key, dnnl::matmul(pd)).first;
+      } catch (const dnnl::error& e) {
+        return ffi::Error::Internal(std::string("kdjax_onednn_bmm: oneDNN: ") + e.what());
+      }
+    }
+    prim = it->second;
+  }
+  try {
+    dnnl::stream stream(Engine());
+    memory am(a_md, Engine(), a.untyped_data());
+    memory bm(b_md, Engine(), b.untyped_data());
+    memory cm(c_md, Engine(), out->untyped_data());
+    prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("kdjax_onednn_bmm: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// A dense layer: out[M, N] = act(x[M, K] @ w[K, N] + bias[N]) in one oneDNN call (bias and
+// activation applied to the float32 accumulator before the store). act: 0 none, 1 GELU (erf),
+// 2 GELU (tanh), 3 ReLU.
+using DenseKey = std::tuple<int64_t, int64_t, int64_t, int, int, int, int>;
+
+std::map<DenseKey, dnnl::matmul>& DenseCache() {
+  static auto* cache = new std::map<DenseKey, dnnl::matmul>();
+  return *cache;
+}
+
+ffi::Error DenseImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias,
+                     ffi::Result<ffi::AnyBuffer> out, int64_t act) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  auto od = out->dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || od.size() != 2 || bias.dimensions().size() != 1) {
+    return ffi::Error::InvalidArgument("kdjax_onednn_dense: x, w, out 2-D and bias 1-D");
+  }
+  const int64_t m = xd[0], k = xd[1], n = wd[1];
+  if (wd[0] != k || od[0] != m || od[1] != n || bias.dimensions()[0] != n) {
+    return ffi::Error::InvalidArgument("kdjax_onednn_dense: shapes do not match");
+  }
+  memory::data_type in_t, w_t, bias_t, out_t;
+  if (!ToDnnl(x.element_type(), &in_t) || !ToDnnl(w.element_type(), &w_t) ||
+      !ToDnnl(bias.element_type(), &bias_t) || !ToDnnl(out->element_type(), &out_t) ||
+      in_t != w_t) {
+    return ffi::Error::InvalidArgument("kdjax_onednn_dense: unsupported dtypes");
+  }
+  if (act < 0 || act > 3) return ffi::Error::InvalidArgument("kdjax_onednn_dense: bad act");
+  if (m == 0 || n == 0) return ffi::Error::Success();
+  if (k == 0) {
+    return ffi::Error::InvalidArgument("kdjax_onednn_dense: empty contraction");
+  }
+  memory::desc x_md({m, k}, in_t, memory::dims{k, 1});
+  memory::desc w_md({k, n}, in_t, memory::dims{n, 1});
+  memory::desc b_md({1, n}, bias_t, memory::dims{n, 1});
+  memory::desc o_md({m, n}, out_t, memory::dims{n, 1});
+  dnnl::matmul prim;
+  {
+    std::lock_guard<std::mutex> lock(cache_mu);
+    DenseKey key{m, n, k, static_cast<int>(in_t), static_cast<int>(bias_t),
+                 static_cast<int>(out_t), static_cast<int>(act)};
+    auto it = DenseCache().find(key);
+    if (it == DenseCache().end()) {
+      try {
+        dnnl::primitive_attr attr;
+        if (act) {
+          dnnl::post_ops ops;
+          const dnnl::algorithm alg[] = {dnnl::algorithm::eltwise_gelu_erf,
+                                         dnnl::algorithm::eltwise_gelu_tanh,
+                                         dnnl::algorithm::eltwise_relu};
+          ops.append_eltwise(alg[act - 1], 0.f, 0.f);
+          attr.set_post_ops(ops);
+        }
+        dnnl::matmul::primitive_desc pd(Engine(), x_md, w_md, b_md, o_md, attr);
+        it = DenseCache().emplace(key, dnnl::matmul(pd)).first;
+      } catch (const dnnl::error& e) {
+        return ffi::Error::Internal(std::string("kdjax_onednn_dense: oneDNN: ") + e.what());
+      }
+    }
+    prim = it->second;
+  }
+  try {
+    dnnl::stream stream(Engine());
+    memory xm(x_md, Engine(), x.untyped_data());
+    memory wm(w_md, Engine(), w.untyped_data());
+    memory bm(b_md, Engine(), bias.untyped_data());
+    memory om(o_md, Engine(), out->untyped_data());
+    prim.execute(stream, {{DNNL_ARG_SRC, xm},
+                          {DNNL_ARG_WEIGHTS, wm},
+                          {DNNL_ARG_BIAS, bm},
+                          {DNNL_ARG_DST, om}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("kdjax_onednn_dense: oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KdjaxOnednnDense, DenseImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("act"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KdjaxOnednnBmm, BmmImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("batch")
+                                  .Attr<ffi::Span<const int64_t>>("mnk")
+                                  .Attr<ffi::Span<const int64_t>>("a_strides")
+                                  .Attr<ffi::Span<const int64_t>>("b_strides")
+                                  .Attr<ffi::Span<const int64_t>>("c_strides"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KdjaxOnednnMatmul, MatmulImpl,
                               ffi::Ffi::Bind()

@@ -54,6 +54,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from kdjax.kernels import cpu_matmul
 from kdjax.losses._common import is_static_zero, masked_mean, row_kl
 
 __all__ = [
@@ -127,8 +128,9 @@ def _safe_div(total, denom):
 
 
 def _scaled_scores(spec: str, x: jax.Array) -> jax.Array:
-  """float32 ``einsum(spec, x, x) / sqrt(d_R)`` for ``x`` of shape ``[B, L, R, d_R]``."""
-  scores = jnp.einsum(spec, x, x, preferred_element_type=jnp.float32)
+  """float32 ``einsum(spec, x, x) / sqrt(d_R)`` for ``x`` of shape ``[B, L, R, d_R]``
+  (bfloat16 on CPU through oneDNN: ``kdjax.kernels.cpu_matmul.einsum``)."""
+  scores = cpu_matmul.einsum(spec, x, x, preferred_element_type=jnp.float32)
   return scores.astype(jnp.float32) / math.sqrt(x.shape[-1])
 
 

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from kdjax.kernels import cpu_matmul
 from kdjax.losses import (
   attention_mse,
   cross_entropy,
@@ -116,11 +117,24 @@ def projection_params(kind: str, widths: tuple[int, int], num_layers: int, std: 
 
 
 def project(proj, name: str, x_BxLxHs):
-  """Apply the projection ``proj`` (a params entry; None = identity) for ``name``."""
+  """Apply the projection ``proj`` (a params entry; None = identity) for ``name``: float32
+  ``x W + b``.
+
+  The product runs in the student's compute dtype (``x``'s): a bfloat16 student multiplies
+  bfloat16 ``x`` by the bfloat16-rounded ``W`` with float32 accumulation and a float32 result
+  (on CPU through ``kdjax.kernels.cpu_matmul``), as a ``torch.nn.Linear`` under bf16 autocast
+  does; the bias and the loss stay float32. A float32 student projects in float32."""
   if proj is None:
     return x_BxLxHs
   p = proj if "kernel" in proj else proj[name]
-  return jnp.einsum("blh,hk->blk", x_BxLxHs.astype(jnp.float32), p["kernel"]) + p["bias"]
+  x, w = x_BxLxHs, p["kernel"]
+  if x.dtype == jnp.float32:
+    y = jnp.einsum("blh,hk->blk", x, w)
+  else:
+    y = cpu_matmul.dot_general(
+      x, w.astype(x.dtype), (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32
+    )
+  return y + p["bias"]
 
 
 def _models(c, task, teacher_head: str):
