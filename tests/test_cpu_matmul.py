@@ -217,6 +217,19 @@ def test_einsum_matches_numpy_with_gradients(bf16_kernel, spec, xs, ys, out):
   got = jax.jit(f)(x, y)
   assert got.dtype == (out or jnp.bfloat16)
   want = np.einsum(spec, _f64(x), _f64(y))
+  # float32 operands: float32 all through, to float32 precision (gradients included)
+  x32, y32 = x.astype(jnp.float32), y.astype(jnp.float32)
+  f32 = lambda a, b: cpu_matmul.einsum(spec, a, b)
+  assert cpu_matmul.BMM_TARGET in jax.jit(f32).lower(x32, y32).as_text()
+  np.testing.assert_allclose(_f64(jax.jit(f32)(x32, y32)), want, rtol=1e-5, atol=1e-5)
+  g32 = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+  d32 = jax.jit(jax.grad(lambda a, b: jnp.sum(f32(a, b) * g32), argnums=(0, 1)))(x32, y32)
+  ins32, o32 = spec.split("->")
+  for got_d, sub in zip(d32, (f"{o32},{ins32.split(',')[1]}->{ins32.split(',')[0]}",
+                              f"{ins32.split(',')[0]},{o32}->{ins32.split(',')[1]}")):  # fmt: skip
+    a, b = (g32, y32) if got_d is d32[0] else (x32, g32)
+    assert got_d.dtype == jnp.float32
+    np.testing.assert_allclose(_f64(got_d), np.einsum(sub, _f64(a), _f64(b)), rtol=1e-5, atol=1e-5)
   tol = 1e-5 if out == jnp.float32 else 2**-7
   np.testing.assert_allclose(_f64(got), want, rtol=tol, atol=tol * np.abs(want).max())
   g = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
@@ -241,7 +254,10 @@ def test_einsum_routing(bf16_kernel):
     in jax.jit(lambda a, b: cpu_matmul.einsum(spec, a, b)).lower(a, b).as_text()
   )
   assert has("bqnd,bknd->bnqk", x, y)
-  assert not has("bqnd,bknd->bnqk", x.astype(jnp.float32), y.astype(jnp.float32))  # f32: XLA
+  f32 = lambda a: a.astype(jnp.float32)
+  assert has("bqnd,bknd->bnqk", f32(x), f32(y))  # float32 batched matmuls too
+  assert not has("bqnd,bknd->bnqk", f32(x), y)  # mixed dtypes: XLA
+  assert not has("bqnd,bknd->bnqk", x.astype(jnp.float16), y.astype(jnp.float16))
   assert not has("bqnd,bknd->bn", x, y)  # two contracted letters: XLA
   assert not has("...d,...d->...", x[:, :5], y[:, :5])  # ellipsis: XLA
   # the output's last dim a batch dim: no oneDNN layout, XLA computes it

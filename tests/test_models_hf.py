@@ -400,3 +400,25 @@ def test_relu_student_matches_transformers_and_exports_relu(tmp_path):
 def _split_with(model, cfg):
   skeleton, _ = models.split(models.create_model(cfg, "none", seed=0))
   return skeleton, models.split(model)[1]
+
+
+def test_frozen_params_hold_bf16_kernels_and_give_the_same_outputs():
+  from kdjax.models import params as P
+  from kdjax.models.loading import ModelHandle
+
+  for dtype, want_kernel in (("bfloat16", jnp.bfloat16), ("float32", jnp.float32)):
+    cfg = models.BertConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=32, dtype=dtype,
+    )  # fmt: skip
+    h = ModelHandle(models.create_model(cfg, "classification", seed=1))
+    frozen = h.frozen_params()
+    flat = P.flatten(frozen)
+    kernels = [v for k, v in flat.items() if k[-1] == "kernel"]
+    assert kernels and all(v.dtype == want_kernel for v in kernels)
+    others = [v for k, v in flat.items() if k[-1] != "kernel"]
+    assert all(v.dtype == jnp.float32 for v in others)  # LayerNorm, embeddings, biases
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(h.params))  # not mutated
+    ids = jnp.asarray(np.random.default_rng(0).integers(5, 40, size=(2, 7)), jnp.int32)
+    a, b = h.bind(h.params)(ids).logits, h.bind(frozen)(ids).logits
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

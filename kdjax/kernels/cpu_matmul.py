@@ -25,7 +25,10 @@ Inside :func:`portable` (every exporter traces the model there) never: a seriali
 (jax.export, SavedModel, ONNX) must not name a kernel that only this venv has.
 One CPU device only: a custom call is opaque to the SPMD partitioner, which would gather a
 batch-sharded operand, so sharded CPU meshes (the multi-device tests) keep XLA's dots.
-float32 stays on XLA: its float32 dots already match oneDNN's (the roofline table).
+float32 dense layers stay on XLA: its float32 dots already match oneDNN's (the roofline table).
+Batched einsums (attention, MiniLM relations: :func:`einsum`) go to oneDNN in float32 too, where
+XLA is 5-7x slower; there ``auto`` needs only a built kernel, no bf16 flags.
+:func:`dense` is :func:`dot_general`'s dense case with the bias and activation in the same call.
 
 Build (done by ``bash run.sh install``; needs a C++17 compiler and the ``onednn-cpu-gomp`` +
 ``onednn-devel-cpu-gomp`` wheels of requirements.txt, which put ``libdnnl.so`` and its headers
@@ -197,8 +200,9 @@ def status() -> dict:
   return dict(mode=mode(), built=ok, detail=detail, bf16_flags=flags, used_for_bf16=_enabled())
 
 
-def _enabled() -> bool:
-  """Whether a bf16 dense contraction traced now goes to oneDNN (module docstring)."""
+def _enabled(bf16: bool = True) -> bool:
+  """Whether a contraction traced now goes to oneDNN (module docstring): a bfloat16 one, or with
+  ``bf16=False`` a float32 batched einsum (oneDNN's float32 kernels need no bf16 flags)."""
   m = mode()
   if m == "xla" or _portable.get() or jax.default_backend() != "cpu" or jax.device_count() != 1:
     return False
@@ -207,7 +211,7 @@ def _enabled() -> bool:
     if not ok:
       raise RuntimeError(f"{ENV}=onednn but the oneDNN matmul kernel is {detail}")
     return True
-  return bool(cpu_flags() & set(BF16_FLAGS)) and available()
+  return (not bf16 or bool(cpu_flags() & set(BF16_FLAGS))) and available()
 
 
 def _call(a, b, trans_a: bool, trans_b: bool, out_dtype):
@@ -434,25 +438,32 @@ _bmm.defvjp(_bmm_fwd, _bmm_bwd)
 
 
 def einsum(spec: str, x, y, preferred_element_type=None):
-  """``jnp.einsum(spec, x, y, preferred_element_type=...)`` with bfloat16 batched matmuls sent to
-  oneDNN on CPU (when :func:`dot_general` would send a dense layer there).
+  """``jnp.einsum(spec, x, y, preferred_element_type=...)`` with batched matmuls sent to oneDNN
+  on CPU: bfloat16 ones when :func:`dot_general` would send a dense layer there, float32 ones
+  wherever the kernel is built.
 
-  Applies to two bfloat16 operands whose einsum is one batched matmul (:func:`_parse`: batch
-  letters, one contracted, one free letter per operand), e.g. attention's
+  Applies to two operands of one dtype whose einsum is one batched matmul (:func:`_parse`:
+  batch letters, one contracted, one free letter per operand), e.g. attention's
   ``"bqnd,bknd->bnqk"`` and ``"bnqk,bknd->bqnd"``: oneDNN reads each operand through its strides
-  as XLA lays it out, so the head split needs no transpose. Result in bfloat16, or float32 when
-  asked, accumulated in float32. The gradient is two more such einsums (``custom_vjp``), with a
-  float32 cotangent rounded to bfloat16 first. Anything else is ``jnp.einsum``.
-  """
+  as XLA lays it out, so the head split needs no transpose. Result in the operands' dtype, or
+  float32 when asked, accumulated in float32. The gradient is two more such einsums
+  (``custom_vjp``), with a float32 cotangent of bfloat16 operands rounded to bfloat16 first.
+  Anything else is ``jnp.einsum``.
+
+  Why float32 too, when dense float32 layers stay on XLA: XLA CPU runs these many small
+  matmuls at 34-54 GFLOP/s in float32 (and ~30 in bfloat16), oneDNN at 200-245 (800-1,000 in
+  bfloat16) on a 2-core AMX Xeon, for BERT-base attention at 32 x 128 (``[384, 128, 64]``
+  batches)."""
   out_dtype = jnp.dtype(preferred_element_type) if preferred_element_type is not None else None
+  f32, bf16 = jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)
+  outs = {bf16: (None, bf16, f32), f32: (None, f32)}.get(jnp.dtype(x.dtype), ())
   if (
-    x.dtype == jnp.bfloat16
-    and y.dtype == jnp.bfloat16
-    and out_dtype in (None, jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
+    x.dtype == y.dtype
+    and out_dtype in outs
     and _parse(spec, x.ndim, y.ndim) is not None
-    and _enabled()
+    and _enabled(bf16=x.dtype == bf16)
   ):
-    return _bmm(spec, x, y, out_dtype or jnp.dtype(jnp.bfloat16))
+    return _bmm(spec, x, y, out_dtype or jnp.dtype(x.dtype))
   return jnp.einsum(spec, x, y, preferred_element_type=preferred_element_type)
 
 

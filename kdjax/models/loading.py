@@ -82,6 +82,19 @@ class ModelHandle:
   def bind(self, params):
     return P.bind(self.skeleton, params)
 
+  def frozen_params(self) -> dict:
+    """``params`` as a frozen teacher holds them: the kernels of dense layers that compute in
+    bfloat16 stored in bfloat16. Same outputs (each layer casts its kernel to its compute dtype
+    anyway), half their memory, and no float32 -> bfloat16 cast of every kernel in every step.
+    LayerNorm, embeddings, biases and float32 layers keep float32."""
+    model = self.bind(self.params)
+    changed = False
+    for _, m in nnx.iter_graph(model):
+      if isinstance(m, nnx.Linear) and m.dtype is not None and jnp.dtype(m.dtype) == jnp.bfloat16:
+        m.kernel.value = m.kernel.value.astype(jnp.bfloat16)
+        changed = True
+    return P.split(model)[1] if changed else self.params
+
   def model(self, params=None):
     m = self.bind(self.params if params is None else params)
     if self.tokenizer_dir:

@@ -154,7 +154,7 @@ class GeneralDistill:
     return models.param_logical_axes(params)
 
   def init_frozen(self):
-    return self.teacher.params
+    return self.teacher.frozen_params()
 
   def frozen_logical_axes(self, frozen):
     return models.param_logical_axes(frozen)

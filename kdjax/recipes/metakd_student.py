@@ -90,8 +90,8 @@ class MetaStudentRecipe(task_setup.TaskRecipe):
 
   def init_frozen(self):
     if self.teacher_branch is None:
-      return self.teacher.params
-    return {"model": self.teacher.params, BRANCH: self.teacher_branch}
+      return self.teacher.frozen_params()
+    return {"model": self.teacher.frozen_params(), BRANCH: self.teacher_branch}
 
   def frozen_logical_axes(self, frozen):
     if self.teacher_branch is None:

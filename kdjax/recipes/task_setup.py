@@ -385,7 +385,7 @@ class TaskRecipe:
     return models.param_logical_axes(params)
 
   def init_frozen(self):
-    return None if self.teacher is None else self.teacher.params
+    return None if self.teacher is None else self.teacher.frozen_params()
 
   def frozen_logical_axes(self, frozen):
     return models.param_logical_axes(frozen)
