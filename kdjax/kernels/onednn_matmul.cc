@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -48,6 +49,56 @@ std::map<Key, dnnl::matmul>& Cache() {
   return *cache;
 }
 
+// A matmul primitive created with the weights layout left to oneDNN ("any"): its AVX-512 / AMX
+// kernels run 15-160 % faster on their blocked weights layout than on plain row-major weights
+// (2-core AMX Xeon, 4096 x 768 x 3072: float32 125 -> 323 GFLOP/s, bfloat16 1,369 -> 1,870).
+// The weights are reordered into that layout on every call (< 1 ms for BERT-base shapes) into a
+// per-thread buffer, since every call may bring other weights.
+struct Prepared {
+  dnnl::matmul prim;
+  memory::desc user_w;  // the weights as the caller lays them out
+  memory::desc prim_w;  // the layout the primitive reads
+  bool reorder = false;
+  dnnl::reorder to_prim;
+};
+
+Prepared Prepare(const memory::desc& src, const memory::desc& w, const memory::desc* bias,
+                 const memory::desc& dst, const dnnl::primitive_attr& attr) {
+  memory::desc w_any(w.get_dims(), w.get_data_type(), memory::format_tag::any);
+  auto pd = bias ? dnnl::matmul::primitive_desc(Engine(), src, w_any, *bias, dst, attr)
+                 : dnnl::matmul::primitive_desc(Engine(), src, w_any, dst, attr);
+  Prepared p;
+  p.prim = dnnl::matmul(pd);
+  p.user_w = w;
+  p.prim_w = pd.weights_desc();
+  p.reorder = p.prim_w != w;
+  if (p.reorder) p.to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), w, Engine(), p.prim_w));
+  return p;
+}
+
+// Runs `p` on the given buffers (args other than the weights in `args`).
+void Execute(const Prepared& p, void* weights, std::unordered_map<int, memory> args) {
+  dnnl::stream stream(Engine());
+  memory user(p.user_w, Engine(), weights);
+  if (p.reorder) {
+    thread_local std::vector<char> buffer;
+    const size_t size = p.prim_w.get_size();
+    if (buffer.size() < size) buffer.resize(size);
+    memory blocked(p.prim_w, Engine(), buffer.data());
+    p.to_prim.execute(stream, user, blocked);
+    args.emplace(DNNL_ARG_WEIGHTS, blocked);
+  } else {
+    args.emplace(DNNL_ARG_WEIGHTS, user);
+  }
+  p.prim.execute(stream, args);
+  stream.wait();
+}
+
+std::map<Key, Prepared>& PreparedCache() {
+  static auto* cache = new std::map<Key, Prepared>();
+  return *cache;
+}
+
 ffi::Error MatmulImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
                       bool trans_a, bool trans_b) {
   auto ad = a.dimensions();
@@ -77,28 +128,24 @@ ffi::Error MatmulImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBu
     std::memset(out->untyped_data(), 0, out->size_bytes());
     return ffi::Error::Success();
   }
-  dnnl::matmul prim;
+  Prepared prep;
   {
     std::lock_guard<std::mutex> lock(cache_mu);
     Key key{m, n, k, trans_a, trans_b, static_cast<int>(in_t), static_cast<int>(out_t)};
-    auto it = Cache().find(key);
-    if (it == Cache().end()) {
+    auto it = PreparedCache().find(key);
+    if (it == PreparedCache().end()) {
       try {
-        dnnl::matmul::primitive_desc pd(Engine(), a_md, b_md, c_md);
-        it = Cache().emplace(key, dnnl::matmul(pd)).first;
+        it = PreparedCache().emplace(key, Prepare(a_md, b_md, nullptr, c_md, {})).first;
       } catch (const dnnl::error& e) {
         return ffi::Error::Internal(std::string("kdjax_onednn_matmul: oneDNN: ") + e.what());
       }
     }
-    prim = it->second;
+    prep = it->second;
   }
   try {
-    dnnl::stream stream(Engine());
     memory am(a_md, Engine(), a.untyped_data());
-    memory bm(b_md, Engine(), b.untyped_data());
     memory cm(c_md, Engine(), out->untyped_data());
-    prim.execute(stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-    stream.wait();
+    Execute(prep, b.untyped_data(), {{DNNL_ARG_SRC, am}, {DNNL_ARG_DST, cm}});
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("kdjax_onednn_matmul: oneDNN: ") + e.what());
   }
@@ -199,8 +246,8 @@ ffi::Error BmmImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffe
 // 2 GELU (tanh), 3 ReLU.
 using DenseKey = std::tuple<int64_t, int64_t, int64_t, int, int, int, int>;
 
-std::map<DenseKey, dnnl::matmul>& DenseCache() {
-  static auto* cache = new std::map<DenseKey, dnnl::matmul>();
+std::map<DenseKey, Prepared>& DenseCache() {
+  static auto* cache = new std::map<DenseKey, Prepared>();
   return *cache;
 }
 
@@ -231,7 +278,7 @@ ffi::Error DenseImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias,
   memory::desc w_md({k, n}, in_t, memory::dims{n, 1});
   memory::desc b_md({1, n}, bias_t, memory::dims{n, 1});
   memory::desc o_md({m, n}, out_t, memory::dims{n, 1});
-  dnnl::matmul prim;
+  Prepared prep;
   {
     std::lock_guard<std::mutex> lock(cache_mu);
     DenseKey key{m, n, k, static_cast<int>(in_t), static_cast<int>(bias_t),
@@ -248,25 +295,18 @@ ffi::Error DenseImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias,
           ops.append_eltwise(alg[act - 1], 0.f, 0.f);
           attr.set_post_ops(ops);
         }
-        dnnl::matmul::primitive_desc pd(Engine(), x_md, w_md, b_md, o_md, attr);
-        it = DenseCache().emplace(key, dnnl::matmul(pd)).first;
+        it = DenseCache().emplace(key, Prepare(x_md, w_md, &b_md, o_md, attr)).first;
       } catch (const dnnl::error& e) {
         return ffi::Error::Internal(std::string("kdjax_onednn_dense: oneDNN: ") + e.what());
       }
     }
-    prim = it->second;
+    prep = it->second;
   }
   try {
-    dnnl::stream stream(Engine());
     memory xm(x_md, Engine(), x.untyped_data());
-    memory wm(w_md, Engine(), w.untyped_data());
     memory bm(b_md, Engine(), bias.untyped_data());
     memory om(o_md, Engine(), out->untyped_data());
-    prim.execute(stream, {{DNNL_ARG_SRC, xm},
-                          {DNNL_ARG_WEIGHTS, wm},
-                          {DNNL_ARG_BIAS, bm},
-                          {DNNL_ARG_DST, om}});
-    stream.wait();
+    Execute(prep, w.untyped_data(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_BIAS, bm}, {DNNL_ARG_DST, om}});
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("kdjax_onednn_dense: oneDNN: ") + e.what());
   }

@@ -178,14 +178,16 @@ _FUSED = {_gelu_exact: "gelu_erf", _gelu_tanh: "gelu_tanh", jax.nn.relu: "relu"}
 
 
 def _dense(layer: nnx.Linear, x: Array, act=None) -> Array:
-  """``act(layer(x))`` (``act`` None: ``layer(x)``). In bfloat16 on CPU with the oneDNN kernel
-  (``cpu_matmul.dense_enabled``) one call computes the product, the bias (float32) and, where
-  oneDNN has it, the activation; elsewhere the ``nnx.Linear`` and ``act`` as written."""
-  if layer.dtype == jnp.bfloat16 and layer.bias is not None and cpu_matmul.dense_enabled():
-    kernel = layer.kernel[...].astype(jnp.bfloat16)
-    return cpu_matmul.dense(
-      x.astype(jnp.bfloat16), kernel, layer.bias[...], activation=_FUSED.get(act), act_fn=act
-    )
+  """``act(layer(x))`` (``act`` None: ``layer(x)``). On CPU with the oneDNN kernel
+  (``cpu_matmul.dense_enabled``: bfloat16, and float32 on AVX-512) one call computes the
+  product, the bias (float32) and, where oneDNN has it, the activation; elsewhere the
+  ``nnx.Linear`` and ``act`` as written."""
+  dt = jnp.dtype(layer.dtype or jnp.float32)
+  if dt in (jnp.bfloat16, jnp.float32) and layer.bias is not None and cpu_matmul.dense_enabled(dt):
+    kernel = layer.kernel[...].astype(dt)
+    # oneDNN's activations are approximations that are fine in bfloat16; float32 keeps XLA's
+    fused = _FUSED.get(act) if dt == jnp.bfloat16 else None
+    return cpu_matmul.dense(x.astype(dt), kernel, layer.bias[...], activation=fused, act_fn=act)
   y = layer(x)
   return y if act is None else act(y)
 
