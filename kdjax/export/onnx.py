@@ -76,6 +76,7 @@ def traced_forward(source, precision: str) -> Callable:
   from jax import lax
 
   from kdjax.export.source import PRECISIONS as DTYPES
+  from kdjax.kernels import cpu_matmul
   from kdjax.models import params as P
 
   check_supported(source, precision)
@@ -87,12 +88,13 @@ def traced_forward(source, precision: str) -> Callable:
 
   def forward(input_ids, attention_mask, token_type_ids):
     pos = lax.broadcasted_iota(jnp.int32, input_ids.shape, 1) if explicit_positions else None
-    out = P.bind(skeleton, params)(
-      input_ids,
-      attention_mask=attention_mask,
-      token_type_ids=token_type_ids,
-      position_ids=pos,
-    )
+    with cpu_matmul.portable():  # an ONNX graph holds standard ops only
+      out = P.bind(skeleton, params)(
+        input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        position_ids=pos,
+      )
     if head in ("classification", "mlm"):
       return (out.logits.astype(jnp.float32),)
     hidden = out.last_hidden_state.astype(jnp.float32)

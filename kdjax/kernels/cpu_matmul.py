@@ -81,6 +81,11 @@ def portable():
     _portable.reset(token)
 
 
+def is_portable() -> bool:
+  """Whether the function being traced is for an export (inside :func:`portable`)."""
+  return _portable.get()
+
+
 def set_mode(mode: str | None) -> None:
   """Override ``KDJAX_CPU_MATMUL`` for this process (None: back to the environment). Applies to
   functions traced afterwards: a function jit already traced keeps its choice."""
@@ -200,6 +205,12 @@ def status() -> dict:
   return dict(mode=mode(), built=ok, detail=detail, bf16_flags=flags, used_for_bf16=_enabled())
 
 
+def concrete(*arrays) -> bool:
+  """Whether every dimension is a known integer: shape-polymorphic tracing (``jax.export`` with
+  symbolic dims) keeps XLA's ops, as the custom calls take their sizes as attributes."""
+  return all(isinstance(d, int) for a in arrays for d in np.shape(a))
+
+
 def _enabled(bf16: bool = True) -> bool:
   """Whether a contraction traced now goes to oneDNN (module docstring): a bfloat16 one, or with
   ``bf16=False`` a float32 batched einsum (oneDNN's float32 kernels need no bf16 flags)."""
@@ -272,6 +283,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
     and out_dtype in (None, jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32))
     and all(v is None for v in kwargs.values())  # e.g. nnx.Linear's out_sharding=None
     and _is_dense(lhs, rhs, dimension_numbers)
+    and concrete(lhs, rhs)
     and _enabled()
   ):
     k, n = rhs.shape
@@ -477,6 +489,7 @@ def einsum(spec: str, x, y, preferred_element_type=None):
     x.dtype == y.dtype
     and out_dtype in outs
     and _parse(spec, x.ndim, y.ndim) is not None
+    and concrete(x, y)
     and _enabled(bf16=x.dtype == bf16)
   ):
     return _bmm(spec, x, y, out_dtype or jnp.dtype(x.dtype))

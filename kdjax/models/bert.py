@@ -79,7 +79,12 @@ def _gelu_exact(x):
   with two branches (15.3 ms against 8.9 ms for a bf16 ``[4096, 3072]`` feed-forward activation
   on a 2-core Xeon; the step profile of ``benchmarks/peers`` TinyBERT rows). In float32 both
   are within 1.1e-6 (absolute) of a float64 reference over [-12, 12]; ``1 + erf`` loses
-  relative precision only in the far negative tail, where GELU itself is < 3e-6."""
+  relative precision only in the far negative tail, where GELU itself is < 3e-6.
+
+  Exports (traced inside ``cpu_matmul.portable``) keep ``jax.nn.gelu``: jax serializes
+  ``lax.erf`` as a StableHLO composite that TensorFlow's ``XlaCallModule`` cannot read."""
+  if cpu_matmul.is_portable():
+    return jax.nn.gelu(x, approximate=False)
   x32 = x.astype(jnp.float32)
   return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * (2.0**-0.5)))).astype(x.dtype)
 
@@ -182,8 +187,16 @@ def _dense(layer: nnx.Linear, x: Array, act=None) -> Array:
   (``cpu_matmul.dense_enabled``: bfloat16, and float32 on AVX-512) one call computes the
   product, the bias (float32) and, where oneDNN has it, the activation; elsewhere the
   ``nnx.Linear`` and ``act`` as written."""
+  if not isinstance(layer, nnx.Linear):  # a wrapper (e.g. kdjax.compress's observers, quantizers)
+    y = layer(x)
+    return y if act is None else act(y)
   dt = jnp.dtype(layer.dtype or jnp.float32)
-  if dt in (jnp.bfloat16, jnp.float32) and layer.bias is not None and cpu_matmul.dense_enabled(dt):
+  if (
+    dt in (jnp.bfloat16, jnp.float32)
+    and layer.bias is not None
+    and cpu_matmul.concrete(x)
+    and cpu_matmul.dense_enabled(dt)
+  ):
     kernel = layer.kernel[...].astype(dt)
     # oneDNN's activations are approximations that are fine in bfloat16; float32 keeps XLA's
     fused = _FUSED.get(act) if dt == jnp.bfloat16 else None
