@@ -46,7 +46,9 @@ def base_config():
   c.stage = "intermediate"  # intermediate | prediction
   c.task = ""  # kdjax.data.tasks name (sst-2, mrpc, tnews, ...) or rotten_tomatoes
   c.data_dir = ""  # the task folder or the GLUE / CLUE root holding it
-  c.teacher = ml_collections.ConfigDict(dict(path="", dtype="float32"))
+  # the frozen teacher's compute dtype; "auto": bfloat16 on GPU / TPU and on CPUs with native
+  # bf16 matmuls (AMX; AVX512-BF16 with kdjax's oneDNN kernel), float32 elsewhere
+  c.teacher = ml_collections.ConfigDict(dict(path="", dtype="auto"))
   c.student = student_block()
   c.tokenizer_path = ""  # default: the teacher's directory
   # Stage 1: teacher layer (0-based) per student layer, e.g. (2, 5, 8, 11) or, in the ':arg',
