@@ -248,3 +248,21 @@ def test_kdjax_tinybert_step_matches_textbrewer_peer(tmp_path, capsys):
   kdjax_side.main(["--shape=tinybert-tiny", "--steps=2"])
   rec = common.parse_result(capsys.readouterr().out)
   assert rec["impl"] == "kdjax" and len(rec["step_times_s"]) == 2 and np.isfinite(rec["loss"])
+
+
+def test_profile_step_reports_the_ops_of_a_tiny_tinybert_step(tmp_path, capsys):
+  import profile_step
+
+  out = tmp_path / "ops.json"
+  profile_step.main(
+    ["--shape=tinybert-tiny", "--dtype=float32", "--warmup=1", "--steps=1", "--top=5"]
+    + [f"--json={out}", f"--hlo={tmp_path / 'step.hlo'}"]
+  )
+  text = capsys.readouterr().out
+  assert "by kind of op:" in text and "top 5" in text
+  got = json.loads(out.read_text())
+  assert got["shape"] == "tinybert-tiny" and len(got["step_s"]) == 1
+  assert got["ops_s"] and all(v >= 0 for v in got["ops_s"].values())
+  # every op of the trace is an instruction of the compiled step
+  hlo = (tmp_path / "step.hlo").read_text()
+  assert all(f"%{name} = " in hlo or f" {name} = " in hlo for name in got["ops_s"])
