@@ -137,9 +137,10 @@ def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32")
       )
       + "\n"
     )
+  # frozen as loading.build_teacher freezes a loaded teacher (bf16 kernels when it computes in bf16)
   teacher = ModelHandle(
     models.create_model(_cfg(shape["teacher"], shape["vocab"], teacher_dtype), "none", seed=0)
-  )
+  ).freeze()
   student = ModelHandle(
     models.create_model(
       _cfg(shape["student"], shape["vocab"], student_dtype), "none", seed=1, add_pooling_layer=False

@@ -59,7 +59,7 @@ def get_config(arg=None):
   c.beta = 0.0  # PP-MiniLM sample-sample relation weight
   c.relation_reduction = "kdjax"  # "kdjax" | "reference" (PaddleNLP's averaging)
   # Relation heads per chunk of the token / sample relations (memory at long lengths; see
-  # kdjax.losses.minilm): -1 = by size (chunks only above 256 MiB per relation), 0 = never.
+  # kdjax.losses.minilm): -1 = by size (8 MiB chunks above 16 MiB per relation), 0 = never.
   c.relation_chunk_heads = -1
   c.input_dir = ""
   # "files": hosts read disjoint files; "global": same global batches on any host count.

@@ -370,9 +370,12 @@ def test_minilm_chunking_bounds_the_relation_memory():
 def test_minilm_chunk_heads_auto_and_validation():
   from kdjax.losses.minilm import AUTO_CHUNK_BYTES, CHUNK_BYTES, resolve_chunk_heads
 
-  # 32 x 128 x 128 x 48 heads (100 MiB): whole; 8 x 512 x 512 x 48 (400 MiB): chunked.
-  assert AUTO_CHUNK_BYTES >= 4 * 48 * 32 * 128 * 128
-  assert resolve_chunk_heads(None, 48, 32 * 128 * 128) == 0
+  # 8 x 32 x 32 x 48 heads (1.5 MiB): whole; 32 x 128 x 128 x 48 (96 MiB) and
+  # 8 x 512 x 512 x 48 (400 MiB): chunked.
+  assert resolve_chunk_heads(None, 48, 8 * 32 * 32) == 0
+  assert AUTO_CHUNK_BYTES < 4 * 48 * 32 * 128 * 128
+  c = resolve_chunk_heads(None, 48, 32 * 128 * 128)
+  assert c and 48 % c == 0 and 4 * c * 32 * 128 * 128 <= CHUNK_BYTES
   c = resolve_chunk_heads(None, 48, 8 * 512 * 512)
   assert c and 48 % c == 0 and 4 * c * 8 * 512 * 512 <= CHUNK_BYTES
   assert 4 * 2 * c * 8 * 512 * 512 > CHUNK_BYTES or 48 % (2 * c)  # the largest that fits

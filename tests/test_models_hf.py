@@ -422,3 +422,77 @@ def test_frozen_params_hold_bf16_kernels_and_give_the_same_outputs():
     ids = jnp.asarray(np.random.default_rng(0).integers(5, 40, size=(2, 7)), jnp.int32)
     a, b = h.bind(h.params)(ids).logits, h.bind(frozen)(ids).logits
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_freeze_keeps_only_the_frozen_tree_and_build_teacher_freezes(tmp_path):
+  import ml_collections
+
+  from kdjax.models import params as P
+  from kdjax.models.loading import ModelHandle, build_teacher
+
+  cfg = models.BertConfig(
+    vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+    intermediate_size=32, dtype="bfloat16",
+  )  # fmt: skip
+  model = models.create_model(cfg, "classification", seed=1)
+  ids = jnp.asarray(np.random.default_rng(0).integers(5, 40, size=(2, 7)), jnp.int32)
+  want = np.asarray(model(ids).logits, np.float32)
+  h = ModelHandle(model)
+  assert h.freeze() is h
+  flat = P.flatten(h.params)
+  assert all(isinstance(v, jax.Array) for v in flat.values())
+  assert {v.dtype for k, v in flat.items() if k[-1] == "kernel"} == {jnp.dtype(jnp.bfloat16)}
+  np.testing.assert_array_equal(np.asarray(h.model()(ids).logits, np.float32), want)
+  assert P.flatten(h.frozen_params()).keys() == flat.keys()  # idempotent
+
+  path, _ = _hf_tiny(tmp_path, "bert", head="none")
+  for dtype, kernel in (("bfloat16", jnp.bfloat16), ("float32", jnp.float32)):
+    t = build_teacher(ml_collections.ConfigDict(dict(path=path, dtype=dtype)))
+    kernels = [v for k, v in P.flatten(t.params).items() if k[-1] == "kernel"]
+    assert kernels and all(v.dtype == kernel for v in kernels)
+
+
+def test_from_pretrained_never_initialises_the_loaded_weights(tmp_path, monkeypatch):
+  """Loading builds the model abstractly and reads the checkpoint tensor by tensor (peak memory
+  = the model + one tensor): ``create_model`` only ever runs traced (``eval_shape``, or the
+  jitted draw of a missing head), never eagerly on concrete arrays."""
+  from kdjax.models import hf
+  from kdjax.models import params as P
+
+  calls = []
+  real = hf.create_model
+
+  def spy(*a, **kw):
+    m = real(*a, **kw)
+    leaf = jax.tree.leaves(P.params_of(m))[0]
+    calls.append(isinstance(leaf, jax.core.Tracer))
+    return m
+
+  monkeypatch.setattr(hf, "create_model", spy)
+  path, torch_model = _hf_tiny(tmp_path, "bert")
+  ids, mask, types = _inputs()
+  loaded = models.from_pretrained(path)
+  assert calls and all(calls)
+  out = _torch_out(torch_model, ids, mask, types)
+  assert _maxdiff(loaded(ids, mask, types).logits, out.logits) < TOL
+  # A resized head is drawn (traced) from the seed: deterministic, seed-dependent, and the same
+  # values as an eager init up to float rounding.
+  calls.clear()
+  heads = [
+    np.asarray(models.from_pretrained(path, num_labels=5, seed=s).classifier.out_proj.kernel.value)
+    for s in (0, 0, 1)
+  ]
+  assert calls and all(calls)
+  np.testing.assert_array_equal(heads[0], heads[1])
+  assert not np.allclose(heads[0], heads[2])
+  eager = real(models.load_config(path)[0].replace(num_labels=5), "classification", seed=0)
+  np.testing.assert_allclose(heads[0], np.asarray(eager.classifier.out_proj.kernel.value), atol=1e-6)
+
+
+def test_corrupt_tensor_data_names_the_file_and_tensor(tmp_path):
+  path, _ = _hf_tiny(tmp_path, "bert")
+  st = os.path.join(path, "model.safetensors")
+  with open(st, "r+b") as f:  # cut the data section short: the header still parses
+    f.truncate(os.path.getsize(st) - 100)
+  with pytest.raises(ValueError, match=r"model.safetensors.*(truncated|corrupt)"):
+    models.from_pretrained(path)

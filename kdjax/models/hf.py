@@ -15,6 +15,8 @@ import logging
 import os
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -91,15 +93,63 @@ def _architecture(cfg: BertConfig, head: str) -> str:
 
 
 # ----------------------------------------------------------------------------- reading
-def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
+class _Tensors:
+  """The tensors of a checkpoint by name, read one at a time when asked for (``pop``), so
+  that loading holds at most the model plus one tensor, not the model plus the whole file."""
+
+  def __init__(self, readers: dict, opened: list):
+    self._readers = readers  # name -> () -> np.ndarray
+    self._opened = opened  # safetensors handles, closed by close()
+
+  def __contains__(self, name):
+    return name in self._readers
+
+  def __iter__(self):
+    return iter(self._readers)
+
+  def shape(self, name) -> tuple[int, ...]:
+    return tuple(self._readers[name].shape)
+
+  def pop(self, name) -> np.ndarray:
+    return self._readers.pop(name)()
+
+  def renamed(self, fn) -> _Tensors:
+    return _Tensors({fn(k): v for k, v in self._readers.items()}, self._opened)
+
+  def close(self):
+    for f in self._opened:
+      f.__exit__(None, None, None)
+    self._opened = []
+
+
+class _Reader:
+  def __init__(self, read, shape):
+    self._read, self.shape = read, shape
+
+  def __call__(self):
+    return self._read()
+
+
+def _read_tensors(path: str) -> tuple[_Tensors, str]:
   st = os.path.join(path, "model.safetensors")
   idx = os.path.join(path, "model.safetensors.index.json")
   pt = os.path.join(path, "pytorch_model.bin")
-  from safetensors.numpy import load_file as _load_file
+  from safetensors import safe_open
 
-  def load_file(fn):
+  opened = []
+
+  def open_file(fn) -> dict:
     try:
-      return _load_file(fn)
+      f = safe_open(fn, "np")
+      h = f.__enter__()
+      opened.append(f)
+      out = {}
+      for name in h.keys():  # noqa: SIM118 (safe_open is not iterable)
+        shape = tuple(h.get_slice(name).get_shape())
+        out[name] = _Reader(lambda h=h, name=name, fn=fn: _get(h, name, fn), shape)
+      return out
+    except ValueError:
+      raise
     except Exception as e:  # safetensors raises its own (Rust) error types
       raise ValueError(
         f"{fn}: not a readable safetensors file ({type(e).__name__}: {e}); it may be "
@@ -107,14 +157,14 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
       ) from None
 
   if os.path.exists(st):
-    return dict(load_file(st)), st
+    return _Tensors(open_file(st), opened), st
   if os.path.exists(idx):
     with open(idx, encoding="utf-8") as f:
       files = sorted(set(json.load(f)["weight_map"].values()))
     out = {}
     for fn in files:
-      out.update(load_file(os.path.join(path, fn)))
-    return out, idx
+      out.update(open_file(os.path.join(path, fn)))
+    return _Tensors(out, opened), idx
   if os.path.exists(pt):
     try:
       import torch  # only for legacy .bin checkpoints
@@ -124,10 +174,26 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
         "the directory to model.safetensors"
       ) from None
     sd = torch.load(pt, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}, pt
+    out = {
+      k: _Reader(
+        lambda v=v: v.float().numpy() if v.is_floating_point() else v.numpy(), tuple(v.shape)
+      )
+      for k, v in sd.items()
+    }
+    return _Tensors(out, []), pt
   raise FileNotFoundError(
     f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin"
   )
+
+
+def _get(handle, name: str, fn: str) -> np.ndarray:
+  try:
+    return handle.get_tensor(name)
+  except Exception as e:  # safetensors raises its own (Rust) error types
+    raise ValueError(
+      f"{fn}: tensor {name!r} is not readable ({type(e).__name__}: {e}); the file may be "
+      "truncated or corrupt: copy or export it again"
+    ) from None
 
 
 def _normalise(name: str) -> str:
@@ -184,18 +250,31 @@ def from_pretrained(
   """
   cfg, raw = load_config(path, dtype=dtype)
   tensors, source = _read_tensors(path)
-  tensors = {_normalise(k): v for k, v in tensors.items()}
+  try:
+    return _from_tensors(path, cfg, raw, tensors.renamed(_normalise), source, head, num_labels, seed)
+  finally:
+    tensors.close()
+
+
+def _from_tensors(path, cfg, raw, tensors, source, head, num_labels, seed) -> nnx.Module:
+  """The model of ``from_pretrained``, built without a random initialisation: the skeleton is
+  abstract (``nnx.eval_shape``), each checkpoint tensor is read, checked and placed in turn,
+  and only head parameters missing from the checkpoint are drawn (one jitted init whose other
+  outputs XLA drops). Peak memory is the model plus one tensor."""
   if head == "auto":
     head = _infer_head(raw, tensors)
   resize_head = num_labels is not None and num_labels != cfg.num_labels
   if num_labels is not None:
     cfg = cfg.replace(num_labels=num_labels, id2label=cfg.id2label if not resize_head else None)
   has_pooler = any(k.endswith("pooler.dense.weight") for k in tensors)
-  model = create_model(cfg, head, seed=seed, add_pooling_layer=has_pooler)
-  skeleton, params = P.split(model)
-  flat = P.flatten(params)
-  used, fresh = set(), []
-  for kpath, init_value in flat.items():
+
+  def make():
+    return create_model(cfg, head, seed=seed, add_pooling_layer=has_pooler)
+
+  skeleton, template = P.abstract_skeleton(make)
+  flat = P.flatten(template)
+  found_names, fresh = {}, []
+  for kpath in flat:
     name, transpose = _hf_name(kpath, cfg, head)
     candidates = [name]
     for pre in ("bert.", "roberta."):  # accept checkpoints with or without the prefix
@@ -204,26 +283,37 @@ def from_pretrained(
     is_head = head != "none" and kpath[0] != "bert"
     if found is None or (is_head and resize_head):
       if is_head:
-        fresh.append(name)
+        fresh.append(kpath)
         continue
       raise KeyError(
         f"{source}: missing tensor {name!r} (needed for kdjax parameter {'/'.join(kpath)})"
       )
-    value = np.asarray(tensors[found], dtype=np.float32)
-    if transpose:
-      value = value.T
-    if value.shape != tuple(init_value.shape):
+    shape = tensors.shape(found)
+    want = tuple(flat[kpath].shape)
+    if (shape[::-1] if transpose else shape) != want:
       raise ValueError(
-        f"{source}: tensor {found!r} has shape {tuple(tensors[found].shape)}, "
-        f"config.json implies {tuple(init_value.shape[::-1] if transpose else init_value.shape)}"
+        f"{source}: tensor {found!r} has shape {shape}, "
+        f"config.json implies {want[::-1] if transpose else want}"
       )
-    flat[kpath] = value
-    used.add(found)
+    found_names[kpath] = (found, transpose)
+  used = {f for f, _ in found_names.values()}
+  unused = sorted(k for k in tensors if k not in used and not _ignorable(k))
+  for kpath, (found, transpose) in found_names.items():
+    value = np.asarray(tensors.pop(found), dtype=np.float32)
+    flat[kpath] = jnp.asarray(value.T if transpose else value, dtype=flat[kpath].dtype)
+    del value
   if fresh:
     log.warning(
-      "%s: newly initialised head parameters (not in the checkpoint): %s", path, ", ".join(fresh)
+      "%s: newly initialised head parameters (not in the checkpoint): %s",
+      path,
+      ", ".join(_hf_name(k, cfg, head)[0] for k in fresh),
     )
-  unused = sorted(k for k in tensors if k not in used and not _ignorable(k))
+
+    def draw():
+      drawn = P.flatten(P.params_of(make()))
+      return [drawn[k] for k in fresh]
+
+    flat.update(zip(fresh, jax.jit(draw)(), strict=True))
   if unused:
     log.info("%s: tensors not used by a %s model: %s", path, head, ", ".join(unused[:20]))
   model = P.bind(skeleton, P.unflatten(flat))

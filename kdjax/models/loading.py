@@ -95,6 +95,13 @@ class ModelHandle:
         changed = True
     return P.split(model)[1] if changed else self.params
 
+  def freeze(self) -> ModelHandle:
+    """Keeps only :meth:`frozen_params`, as device arrays, for a model that is never trained
+    (a teacher): the float32 copies of bfloat16-computing kernels are released instead of
+    living next to the frozen tree for the whole run. Returns ``self``."""
+    self.params = jax.tree.map(jnp.asarray, self.frozen_params())
+    return self
+
   def model(self, params=None):
     m = self.bind(self.params if params is None else params)
     if self.tokenizer_dir:
@@ -337,7 +344,7 @@ def build_teacher(
   dtype = resolve_compute_dtype(tcfg.get("dtype") or None, f"{key}.dtype")
   if head == "none":
     model = load_model(path, head="auto", dtype=dtype)
-    return ModelHandle(_with_tokenizer(encoder_of(model), model))
+    return ModelHandle(_with_tokenizer(encoder_of(model), model)).freeze()
   if head != "classification":
     raise ValueError(f"build_teacher: head must be 'none' or 'classification', not {head!r}")
   model = load_model(path, head="classification", dtype=dtype)
@@ -351,7 +358,7 @@ def build_teacher(
       f"{key}.path={path} has {model.config.num_labels} outputs but the task has {num_labels}"
     )
   check_labels(model.config, labels, f"{key}.path={path}")
-  return ModelHandle(model)
+  return ModelHandle(model).freeze()
 
 
 def build_student(
