@@ -486,7 +486,9 @@ def test_from_pretrained_never_initialises_the_loaded_weights(tmp_path, monkeypa
   np.testing.assert_array_equal(heads[0], heads[1])
   assert not np.allclose(heads[0], heads[2])
   eager = real(models.load_config(path)[0].replace(num_labels=5), "classification", seed=0)
-  np.testing.assert_allclose(heads[0], np.asarray(eager.classifier.out_proj.kernel.value), atol=1e-6)
+  np.testing.assert_allclose(
+    heads[0], np.asarray(eager.classifier.out_proj.kernel.value), atol=1e-6
+  )
 
 
 def test_corrupt_tensor_data_names_the_file_and_tensor(tmp_path):

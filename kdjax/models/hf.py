@@ -251,7 +251,9 @@ def from_pretrained(
   cfg, raw = load_config(path, dtype=dtype)
   tensors, source = _read_tensors(path)
   try:
-    return _from_tensors(path, cfg, raw, tensors.renamed(_normalise), source, head, num_labels, seed)
+    return _from_tensors(
+      path, cfg, raw, tensors.renamed(_normalise), source, head, num_labels, seed
+    )
   finally:
     tensors.close()
 
