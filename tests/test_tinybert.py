@@ -271,6 +271,26 @@ def test_projection_runs_in_the_students_compute_dtype(mode):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
   cpu_matmul.set_mode(mode)
   try:
+    # float32 under jit, value and gradients (oneDNN's dense where enabled, XLA's dot otherwise)
+    g = rng.standard_normal((2, 5, 4)).astype(np.float32)
+
+    def f32_loss(a, pr):
+      return jnp.sum(tinybert.project(pr, "0", a) * g)
+
+    jp = jax.tree.map(jnp.asarray, proj)
+    vg = jax.value_and_grad(f32_loss, argnums=(0, 1))
+    text = jax.jit(vg).lower(jnp.asarray(x), jp).as_text()
+    assert ("kdjax_onednn_dense" in text) == (mode == "onednn")  # the forward
+    assert ("kdjax_onednn_matmul" in text) == (mode == "onednn")  # its gradients
+    gx, gp = jax.jit(jax.grad(f32_loss, argnums=(0, 1)))(jnp.asarray(x), jp)
+    x64, k64, g64 = (a.astype(np.float64) for a in (x, proj["kernel"], g))
+    np.testing.assert_allclose(np.asarray(gx), np.einsum("blk,hk->blh", g64, k64), atol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(gp["kernel"]), np.einsum("blh,blk->hk", x64, g64), atol=1e-5
+    )
+    np.testing.assert_allclose(np.asarray(gp["bias"]), g64.sum((0, 1)), atol=1e-5)
+    got32 = jax.jit(lambda a: tinybert.project(proj, "0", a))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(got32), want, rtol=1e-5, atol=1e-5)
     r = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)
     got16 = jax.jit(lambda a: tinybert.project(proj, "0", a))(jnp.asarray(x, jnp.bfloat16))
     assert got16.dtype == jnp.float32  # not rounded to bf16 after the product
