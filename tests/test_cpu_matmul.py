@@ -330,3 +330,41 @@ def test_dense_rejects_an_unknown_activation(bf16_kernel):
   x, w = jnp.ones((2, 3), jnp.bfloat16), jnp.ones((3, 4), jnp.bfloat16)
   with pytest.raises(ValueError, match="'swish' is not one of"):
     cpu_matmul.dense(x, w, jnp.zeros(4), activation="swish")
+
+
+def test_concurrent_custom_calls_in_one_step_are_safe(kernel):
+  """XLA's thunk executor runs independent custom calls at the same time on its thread pool,
+  while oneDNN's library scratchpad is shared by all primitives (the wheel is built without
+  ONEDNN_ENABLE_CONCURRENT_EXEC), so the kernel serialises executes. Without that, this
+  float32 MiniLMv2-like step (dense Q/K/V of a student and a teacher, the relation KL in 12
+  chunks of 4 heads, with its gradient) returned NaN or crashed within a few calls; with it,
+  every call gives the same loss."""
+  from kdjax.losses import minilm
+
+  cpu_matmul.set_mode("onednn")
+  if not cpu_matmul.dense_enabled(jnp.float32):
+    pytest.skip("float32 dense layers stay on XLA on this CPU")
+  b, l = 32, 128
+  rng = np.random.default_rng(0)
+  xs = jnp.asarray(rng.standard_normal((b * l, 384)), jnp.float32)
+  xt = jnp.asarray(rng.standard_normal((b * l, 768)), jnp.float32)
+  ws = [jnp.asarray(rng.standard_normal((384, 384)) * 0.05, jnp.float32) for _ in range(3)]
+  wt = [jnp.asarray(rng.standard_normal((768, 768)) * 0.05, jnp.float32) for _ in range(3)]
+  mask = jnp.ones((b, l), jnp.int32)
+
+  def loss(ws):
+    s = [cpu_matmul.dense(xs, w, jnp.zeros(384)).reshape(b, l, 384) for w in ws]
+    t = [cpu_matmul.dense(xt, w, jnp.zeros(768)).reshape(b, l, 768) for w in wt]
+    t = jax.lax.stop_gradient(t)
+    return minilm.minilm_relation_loss(
+      s, teacher=t, attention_mask=mask, num_relation_heads=48, chunk_heads=4
+    )
+
+  f = jax.jit(jax.value_and_grad(loss))
+  first = None
+  for _ in range(6):
+    v, g = f(ws)
+    v = float(v)
+    first = v if first is None else first
+    assert np.isfinite(v) and abs(v - first) <= 1e-5 * abs(first), (v, first)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in g)
