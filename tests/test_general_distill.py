@@ -435,3 +435,30 @@ def test_teacher_dtype_auto(assets):
   c.teacher.dtype = "auto"
   want = resolve_compute_dtype("auto")
   assert GeneralDistill(c, None).teacher.config.dtype == want
+
+
+def test_teacher_keeps_only_the_layers_up_to_the_distilled_one(assets):
+  """Layers above ``teacher_layer_index`` never run; the recipe drops their weights (memory of
+  a 24-layer teacher distilled at layer 19) and the loss is unchanged."""
+  from kdjax.models import loading
+  from kdjax.recipes.general_distill import GeneralDistill
+
+  full = loading.build_teacher(_tiny(assets).teacher)
+  n = full.config.num_hidden_layers
+  r = GeneralDistill(_tiny(assets, teacher_layer_index=1, alpha=0.2, beta=0.3), None)
+  assert r.teacher.config.num_hidden_layers == 2 < n
+  kept = r.init_frozen()
+  assert sorted(kept["layer"]) == ["0", "1"]
+  np.testing.assert_array_equal(
+    np.asarray(kept["layer"]["1"]["query"]["kernel"]),
+    np.asarray(full.params["layer"]["1"]["query"]["kernel"]),
+  )
+  batch = _padded_batch(r.tokenizer, [12, 7, 4, 9])
+  rng = jax.random.key(0)
+  got, _ = r.loss_fn(r.student.params, kept, batch, rng)
+  # the same loss through the whole teacher (stop_at_layer=1 runs layers 0-1 of it)
+  r.teacher = full
+  want, _ = r.loss_fn(r.student.params, full.frozen_params(), batch, rng)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  last = GeneralDistill(_tiny(assets, teacher_layer_index=n - 1), None)
+  assert last.teacher.config.num_hidden_layers == n

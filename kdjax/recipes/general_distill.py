@@ -28,7 +28,7 @@ from kdjax.data import TextCorpus, Tokenizer
 from kdjax.data.tokenizer import check_same_tokenizer
 from kdjax.losses import minilm_relation_loss
 from kdjax.losses.minilm import REDUCTIONS
-from kdjax.models import loading
+from kdjax.models import loading, surgery
 from kdjax.recipes import common
 
 
@@ -58,6 +58,12 @@ class GeneralDistill:
     self.t_layer = _check_layer(
       c.teacher_layer_index, tcfg.num_hidden_layers, "teacher_layer_index"
     )
+    if self.t_layer < tcfg.num_hidden_layers - 1:
+      # The layers above the distilled one are never run (stop_at_layer): drop their weights
+      # too (a 24-layer teacher at index 19 holds 20 layers; the values of those are unchanged).
+      self.teacher = loading.ModelHandle(
+        surgery.keep_layers(self.teacher.model(), range(self.t_layer + 1))
+      )
     self.s_layer = _check_layer(
       c.student_layer_index, scfg.num_hidden_layers, "student_layer_index"
     )
