@@ -98,7 +98,7 @@ class _Tensors:
   that loading holds at most the model plus one tensor, not the model plus the whole file."""
 
   def __init__(self, readers: dict, opened: list):
-    self._readers = readers  # name -> () -> np.ndarray
+    self._readers = readers  # name -> (shape, () -> np.ndarray)
     self._opened = opened  # safetensors handles, closed by close()
 
   def __contains__(self, name):
@@ -108,10 +108,10 @@ class _Tensors:
     return iter(self._readers)
 
   def shape(self, name) -> tuple[int, ...]:
-    return tuple(self._readers[name].shape)
+    return self._readers[name][0]
 
   def pop(self, name) -> np.ndarray:
-    return self._readers.pop(name)()
+    return self._readers.pop(name)[1]()
 
   def renamed(self, fn) -> _Tensors:
     return _Tensors({fn(k): v for k, v in self._readers.items()}, self._opened)
@@ -120,14 +120,6 @@ class _Tensors:
     for f in self._opened:
       f.__exit__(None, None, None)
     self._opened = []
-
-
-class _Reader:
-  def __init__(self, read, shape):
-    self._read, self.shape = read, shape
-
-  def __call__(self):
-    return self._read()
 
 
 def _read_tensors(path: str) -> tuple[_Tensors, str]:
@@ -146,10 +138,8 @@ def _read_tensors(path: str) -> tuple[_Tensors, str]:
       out = {}
       for name in h.keys():  # noqa: SIM118 (safe_open is not iterable)
         shape = tuple(h.get_slice(name).get_shape())
-        out[name] = _Reader(lambda h=h, name=name, fn=fn: _get(h, name, fn), shape)
+        out[name] = (shape, lambda h=h, name=name, fn=fn: _get(h, name, fn))
       return out
-    except ValueError:
-      raise
     except Exception as e:  # safetensors raises its own (Rust) error types
       raise ValueError(
         f"{fn}: not a readable safetensors file ({type(e).__name__}: {e}); it may be "
@@ -175,9 +165,7 @@ def _read_tensors(path: str) -> tuple[_Tensors, str]:
       ) from None
     sd = torch.load(pt, map_location="cpu", weights_only=True)
     out = {
-      k: _Reader(
-        lambda v=v: v.float().numpy() if v.is_floating_point() else v.numpy(), tuple(v.shape)
-      )
+      k: (tuple(v.shape), lambda v=v: v.float().numpy() if v.is_floating_point() else v.numpy())
       for k, v in sd.items()
     }
     return _Tensors(out, []), pt
