@@ -37,13 +37,13 @@ Reductions (``reduction=``):
 
 Memory (``chunk_heads=``): the token relation of one of Q/K/V is ``B x R x L x L`` float32 per
 model (400 MiB at 8 x 512 and 96 MiB at 32 x 128 with 48 relation heads; several such
-tensors live per term for the softmaxes and the backward pass). With ``chunk_heads=c`` the token and sample terms run over
-``R / c`` chunks of ``c`` relation heads in a ``lax.map`` whose body is rematerialised
-(``jax.checkpoint``), so at most one chunk's relations are alive at a time, forward and
-backward; the value is the same sum, up to float32 summation order. The default (``None``)
-chunks only when one relation tensor exceeds ``AUTO_CHUNK_BYTES`` and picks the largest
-``c`` dividing ``R`` whose chunk fits ``CHUNK_BYTES``; ``0`` never chunks. The head relation
-(``B x L x R x R``) is not chunked.
+tensors live per term for the softmaxes and the backward pass). With ``chunk_heads=c`` the
+token and sample terms run over ``R / c`` chunks of ``c`` relation heads in a ``lax.map`` whose
+body is rematerialised (``jax.checkpoint``), so at most one chunk's relations are alive at a
+time, forward and backward; the value is the same sum, up to float32 summation order. The
+default (``None``) chunks only when one relation tensor exceeds ``AUTO_CHUNK_BYTES`` and picks
+the largest ``c`` dividing ``R`` whose chunk fits ``CHUNK_BYTES``; ``0`` never chunks. The head
+relation (``B x L x R x R``) is not chunked.
 """
 
 from __future__ import annotations

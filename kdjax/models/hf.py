@@ -291,7 +291,6 @@ def _from_tensors(path, cfg, raw, tensors, source, head, num_labels, seed) -> nn
   for kpath, (found, transpose) in found_names.items():
     value = np.asarray(tensors.pop(found), dtype=np.float32)
     flat[kpath] = jnp.asarray(value.T if transpose else value, dtype=flat[kpath].dtype)
-    del value
   if fresh:
     log.warning(
       "%s: newly initialised head parameters (not in the checkpoint): %s",
