@@ -368,3 +368,93 @@ def test_concurrent_custom_calls_in_one_step_are_safe(kernel):
     first = v if first is None else first
     assert np.isfinite(v) and abs(v - first) <= 1e-5 * abs(first), (v, first)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in g)
+
+
+@pytest.fixture
+def mkl(kernel):
+  """MKL opened by the kernel (the ``mkl`` wheel of requirements.txt); the float32 products go
+  back to it after each test."""
+  if cpu_matmul.mkl_library() is None:
+    if SUPPORTED and os.environ.get("KDJAX_REQUIRE_ASSETS"):
+      pytest.fail("MKL (the mkl wheel of requirements.txt) is not installed")
+    pytest.skip("MKL is not installed")
+  assert cpu_matmul.status()["float32_gemm"].startswith("MKL "), cpu_matmul.status()
+  yield
+  cpu_matmul.set_sgemm("mkl")
+
+
+def _f32(rng, *shape):
+  return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+
+@pytest.mark.parametrize("backend", ["mkl", "onednn"])
+@pytest.mark.parametrize("m,k,n", [(7, 5, 3), (130, 257, 33), (1, 64, 40)])
+def test_float32_products_match_numpy(mkl, backend, m, k, n):
+  """Every float32 form the kernel runs (the product, its two transposed reads, the dense layer
+  with its bias and the gradients) on MKL and on oneDNN, against NumPy in float64."""
+  cpu_matmul.set_sgemm(backend)
+  rng = np.random.default_rng(m + 10 * k + 100 * n)
+  x, w, b, g = _f32(rng, m, k), _f32(rng, k, n), _f32(rng, n), _f32(rng, m, n)
+  X, W, B, G = (np.asarray(a, np.float64) for a in (x, w, b, g))
+  tol = dict(rtol=1e-5, atol=1e-5 * np.sqrt(k))
+  call = jax.jit(cpu_matmul._call, static_argnums=(2, 3, 4))
+  np.testing.assert_allclose(np.asarray(call(x, w, False, False, jnp.float32)), X @ W, **tol)
+  np.testing.assert_allclose(np.asarray(call(x.T, w, True, False, jnp.float32)), X @ W, **tol)
+  np.testing.assert_allclose(np.asarray(call(x, w.T, False, True, jnp.float32)), X @ W, **tol)
+  np.testing.assert_allclose(np.asarray(call(x.T, w.T, True, True, jnp.float32)), X @ W, **tol)
+  dense = jax.jit(lambda x, w, b: cpu_matmul.dense(x, w, b))
+  assert cpu_matmul.DENSE_TARGET in dense.lower(x, w, b).as_text()
+  y = dense(x, w, b)
+  np.testing.assert_allclose(np.asarray(y), X @ W + B, **tol)
+  assert np.array_equal(np.asarray(dense(x, w, b)), np.asarray(y))  # the same sums every call
+  dx, dw, db = jax.jit(jax.grad(lambda *a: jnp.sum(dense(*a) * g), argnums=(0, 1, 2)))(x, w, b)
+  np.testing.assert_allclose(np.asarray(dx), G @ W.T, rtol=1e-5, atol=1e-5 * np.sqrt(n))
+  np.testing.assert_allclose(np.asarray(dw), X.T @ G, rtol=1e-5, atol=1e-5 * np.sqrt(m))
+  np.testing.assert_allclose(np.asarray(db), G.sum(0), rtol=1e-5, atol=1e-5 * np.sqrt(m))
+
+
+def test_float32_backends_agree_on_a_bert_layer(mkl):
+  """MKL and oneDNN give the same float32 BERT-base FFN (up to float32 rounding), so switching
+  the backend moves no result beyond the last bits."""
+  rng = np.random.default_rng(3)
+  x, w, b = _f32(rng, 256, 768), _f32(rng, 768, 3072) * 0.03, _f32(rng, 3072)
+  f = jax.jit(lambda x, w, b: jax.nn.gelu(cpu_matmul.dense(x, w, b), approximate=False))
+  cpu_matmul.set_sgemm("mkl")
+  a = np.asarray(f(x, w, b))
+  cpu_matmul.set_sgemm("onednn")
+  o = np.asarray(f(x, w, b))
+  np.testing.assert_allclose(a, o, rtol=1e-5, atol=1e-5)
+
+
+def test_mkl_selection_and_errors(kernel, monkeypatch):
+  """KDJAX_CPU_SGEMM: auto uses MKL where installed and says why not otherwise; mkl insists
+  with an error naming what is missing; onednn never opens it; a bad value is named."""
+
+  class Lib:
+    def __init__(self, rc):
+      self.rc, self.opened = rc, []
+
+    def kdjax_use_mkl(self, path):
+      self.opened.append(path)
+      return self.rc
+
+  monkeypatch.setattr(cpu_matmul, "_kernel_lib", cpu_matmul._kernel_lib)  # restored afterwards
+  monkeypatch.setattr(cpu_matmul, "mkl_library", lambda prefix=None: None)
+  monkeypatch.setenv(cpu_matmul.SGEMM_ENV, "auto")
+  assert cpu_matmul._open_mkl(Lib(0)).startswith("oneDNN (MKL not installed")
+  monkeypatch.setenv(cpu_matmul.SGEMM_ENV, "mkl")
+  with pytest.raises(
+    RuntimeError, match="KDJAX_CPU_SGEMM=mkl but MKL is not installed.*pip install mkl"
+  ):
+    cpu_matmul._open_mkl(Lib(0))
+  monkeypatch.setattr(cpu_matmul, "mkl_library", lambda prefix=None: "/x/libmkl_rt.so.3")
+  with pytest.raises(RuntimeError, match="/x/libmkl_rt.so.3 does not load .*symbol is missing"):
+    cpu_matmul._open_mkl(Lib(2))
+  monkeypatch.setenv(cpu_matmul.SGEMM_ENV, "onednn")
+  lib = Lib(0)
+  assert cpu_matmul._open_mkl(lib) == "oneDNN (KDJAX_CPU_SGEMM=onednn)" and not lib.opened
+  monkeypatch.setenv(cpu_matmul.SGEMM_ENV, "fast")
+  with pytest.raises(ValueError, match="KDJAX_CPU_SGEMM='fast' is not one of"):
+    cpu_matmul._open_mkl(Lib(0))
+  with pytest.raises(ValueError, match="'blas' is not 'mkl' or 'onednn'"):
+    cpu_matmul.set_sgemm("blas")

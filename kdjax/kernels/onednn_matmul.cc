@@ -6,6 +6,9 @@
 // (AMX tiles, AVX512-BF16 dot products, AVX2). Primitives are cached per shape.
 // Built by kdjax/kernels/cpu_matmul.py (python -m kdjax.kernels.cpu_matmul --build).
 
+#include <dlfcn.h>
+
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -84,6 +87,30 @@ Prepared Prepare(const memory::desc& src, const memory::desc& w, const memory::d
 // measurable: each call already spreads over every core through OpenMP.
 std::mutex exec_mu;
 
+// MKL, opened at run time from the path cpu_matmul.py finds (the `mkl` wheel's libmkl_rt), so the
+// kernel builds and runs without it. Row-major cblas_sgemm with 32-bit ints (the LP64 interface).
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int,
+                         float, float*, int);
+SgemmFn mkl_sgemm = nullptr;
+bool mkl_on = false;
+std::string mkl_version;
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+bool Fits(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+// c[m, n] = beta * c + op(a) @ op(b), float32, through MKL (under exec_mu).
+void Sgemm(const float* a, bool trans_a, const float* b, bool trans_b, float* c, int64_t m,
+           int64_t n, int64_t k, float beta) {
+  std::lock_guard<std::mutex> lock(exec_mu);
+  mkl_sgemm(kRowMajor, trans_a ? kTrans : kNoTrans, trans_b ? kTrans : kNoTrans, int(m), int(n),
+            int(k), 1.f, a, int(trans_a ? m : k), b, int(trans_b ? k : n), beta, c, int(n));
+}
+
+bool UseMkl(int64_t m, int64_t n, int64_t k) {
+  return mkl_on && mkl_sgemm && Fits(m) && Fits(n) && Fits(k) && Fits(m * k) && Fits(k * n) &&
+         Fits(m * n);
+}
+
 // Runs `p` on the given buffers (args other than the weights in `args`).
 void Execute(const Prepared& p, void* weights, std::unordered_map<int, memory> args) {
   std::lock_guard<std::mutex> lock(exec_mu);
@@ -135,6 +162,12 @@ ffi::Error MatmulImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBu
   memory::desc c_md({m, n}, out_t, memory::dims{n, 1});
   if (k == 0) {  // empty contraction: zeros, as XLA's dot gives
     std::memset(out->untyped_data(), 0, out->size_bytes());
+    return ffi::Error::Success();
+  }
+  if (in_t == memory::data_type::f32 && out_t == memory::data_type::f32 && UseMkl(m, n, k)) {
+    Sgemm(static_cast<const float*>(a.untyped_data()), trans_a,
+          static_cast<const float*>(b.untyped_data()), trans_b,
+          static_cast<float*>(out->untyped_data()), m, n, k, 0.f);
     return ffi::Error::Success();
   }
   Prepared prep;
@@ -284,6 +317,16 @@ ffi::Error DenseImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer bias,
   if (k == 0) {
     return ffi::Error::InvalidArgument("kdjax_onednn_dense: empty contraction");
   }
+  if (in_t == memory::data_type::f32 && bias_t == memory::data_type::f32 &&
+      out_t == memory::data_type::f32 && act == 0 && UseMkl(m, n, k)) {
+    // the bias broadcast into every row, then out = out + x @ w
+    float* o = static_cast<float*>(out->untyped_data());
+    const float* bv = static_cast<const float*>(bias.untyped_data());
+    for (int64_t i = 0; i < m; ++i) std::memcpy(o + i * n, bv, sizeof(float) * n);
+    Sgemm(static_cast<const float*>(x.untyped_data()), false,
+          static_cast<const float*>(w.untyped_data()), false, o, m, n, k, 1.f);
+    return ffi::Error::Success();
+  }
   memory::desc x_md({m, k}, in_t, memory::dims{k, 1});
   memory::desc w_md({k, n}, in_t, memory::dims{n, 1});
   memory::desc b_md({1, n}, bias_t, memory::dims{n, 1});
@@ -361,3 +404,41 @@ extern "C" const char* kdjax_onednn_version() {
   }
   return v.c_str();
 }
+
+// Opens MKL's single dynamic library at `path` for the float32 products: the GNU OpenMP threading
+// layer (the libgomp oneDNN uses, so the two share one thread pool), the LP64 interface, a fixed
+// thread count (no dynamic adjustment: the same partition, so the same sums, on every call).
+// Returns 0 on success, 1 if the library does not open, 2 if a symbol is missing.
+extern "C" int kdjax_use_mkl(const char* path) {
+  std::lock_guard<std::mutex> lock(exec_mu);
+  if (mkl_sgemm) {
+    mkl_on = true;
+    return 0;
+  }
+  void* h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!h) return 1;
+  auto layer = reinterpret_cast<int (*)(int)>(dlsym(h, "MKL_Set_Threading_Layer"));
+  auto iface = reinterpret_cast<int (*)(int)>(dlsym(h, "MKL_Set_Interface_Layer"));
+  auto dynamic = reinterpret_cast<void (*)(int)>(dlsym(h, "MKL_Set_Dynamic"));
+  auto version = reinterpret_cast<void (*)(char*, int)>(dlsym(h, "MKL_Get_Version_String"));
+  auto sgemm = reinterpret_cast<SgemmFn>(dlsym(h, "cblas_sgemm"));
+  if (!layer || !iface || !dynamic || !version || !sgemm) return 2;
+  iface(0);  // MKL_INTERFACE_LP64
+  layer(3);  // MKL_THREADING_GNU
+  dynamic(0);
+  char buf[256] = {0};
+  version(buf, sizeof(buf) - 1);
+  mkl_version = buf;
+  mkl_sgemm = sgemm;
+  mkl_on = true;
+  return 0;
+}
+
+// Turns the MKL route off (0) or back on (1, if opened); returns whether it is on.
+extern "C" int kdjax_set_mkl(int on) {
+  std::lock_guard<std::mutex> lock(exec_mu);
+  mkl_on = on && mkl_sgemm;
+  return mkl_on;
+}
+
+extern "C" const char* kdjax_mkl_version() { return mkl_version.c_str(); }
