@@ -450,6 +450,8 @@ def test_mkl_selection_and_errors(kernel, monkeypatch):
   monkeypatch.setattr(cpu_matmul, "mkl_library", lambda prefix=None: "/x/libmkl_rt.so.3")
   with pytest.raises(RuntimeError, match="/x/libmkl_rt.so.3 does not load .*symbol is missing"):
     cpu_matmul._open_mkl(Lib(2))
+  with pytest.raises(RuntimeError, match="another threading layer"):
+    cpu_matmul._open_mkl(Lib(3))
   monkeypatch.setenv(cpu_matmul.SGEMM_ENV, "onednn")
   lib = Lib(0)
   assert cpu_matmul._open_mkl(lib) == "oneDNN (KDJAX_CPU_SGEMM=onednn)" and not lib.opened

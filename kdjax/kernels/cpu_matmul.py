@@ -236,7 +236,11 @@ def _open_mkl(lib: ctypes.CDLL) -> str:
   why = (
     f"not installed (no libmkl_rt in {os.path.join(_prefix(), 'lib')}: pip install mkl)"
     if path is None
-    else f"{path} does not load" + (" (a cblas / MKL_* symbol is missing)" if rc == 2 else "")
+    else f"{path} does not load"
+    + {
+      2: " (a cblas / MKL_* symbol is missing)",
+      3: " (MKL already runs in this process with another threading layer than GNU OpenMP)",
+    }.get(rc, "")
   )
   if m == "mkl":
     raise RuntimeError(f"{SGEMM_ENV}=mkl but MKL is {why}")

@@ -408,7 +408,8 @@ extern "C" const char* kdjax_onednn_version() {
 // Opens MKL's single dynamic library at `path` for the float32 products: the GNU OpenMP threading
 // layer (the libgomp oneDNN uses, so the two share one thread pool), the LP64 interface, a fixed
 // thread count (no dynamic adjustment: the same partition, so the same sums, on every call).
-// Returns 0 on success, 1 if the library does not open, 2 if a symbol is missing.
+// Returns 0 on success, 1 if the library does not open, 2 if a symbol is missing, 3 if MKL was
+// already running with another threading layer.
 extern "C" int kdjax_use_mkl(const char* path) {
   std::lock_guard<std::mutex> lock(exec_mu);
   if (mkl_sgemm) {
@@ -424,7 +425,9 @@ extern "C" int kdjax_use_mkl(const char* path) {
   auto sgemm = reinterpret_cast<SgemmFn>(dlsym(h, "cblas_sgemm"));
   if (!layer || !iface || !dynamic || !version || !sgemm) return 2;
   iface(0);  // MKL_INTERFACE_LP64
-  layer(3);  // MKL_THREADING_GNU
+  // MKL_THREADING_GNU; MKL keeps the layer it started with if something in this process (e.g. an
+  // MKL-built NumPy) used it first: two OpenMP runtimes in one process is worse than no MKL.
+  if (layer(3) != 3) return 3;
   dynamic(0);
   char buf[256] = {0};
   version(buf, sizeof(buf) - 1);
