@@ -788,6 +788,29 @@ def build_random_student(out_dir: str, base: str, student_cfg: dict) -> None:
 
 
 # ------------------------------------------------------------------------------- fingerprints
+def write_json(path: str, obj, indent: int = 1) -> None:
+  """Writes ``obj`` as JSON to ``path`` atomically (a ``.tmp`` file, fsync, ``os.replace``): a
+  pipeline killed mid-write leaves the old file or the new one, never a truncated one that
+  would stop every later run."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=indent)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _read_record(path: str) -> dict | None:
+  """A stage record (``stage.json`` / ``pipeline_inputs.json``); None where it is not readable
+  JSON (an older kdjax killed mid-write): the caller reruns the stage and says why."""
+  try:
+    with open(path) as f:
+      rec = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return rec if isinstance(rec, dict) else None
+
+
 def _sha(obj) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -919,18 +942,21 @@ def run_stage(stage: Stage, done: dict, workdir: str, runner) -> str:
   started_path = os.path.join(stage.dir, "pipeline_inputs.json")
   reason = None
   if os.path.isfile(sj_path):
-    with open(sj_path) as f:
-      sj = json.load(f)
-    if sj.get("fingerprint") == fp and all(os.path.exists(p) for p in stage.outputs.values()):
+    sj = _read_record(sj_path)
+    if sj is None:
+      reason = f"its record {sj_path} is not readable JSON"
+    elif sj.get("fingerprint") == fp and all(os.path.exists(p) for p in stage.outputs.values()):
       _say(f"{stage.label}: finished, inputs unchanged: skipped")
       return "skipped"
-    reason = (
-      _diff(sj.get("inputs", {}), inputs) if sj.get("fingerprint") != fp else "outputs missing"
-    )
+    else:
+      reason = (
+        _diff(sj.get("inputs", {}), inputs) if sj.get("fingerprint") != fp else "outputs missing"
+      )
   elif os.path.isfile(started_path):
-    with open(started_path) as f:
-      started = json.load(f)
-    if started.get("fingerprint") != fp:
+    started = _read_record(started_path)
+    if started is None:
+      reason = f"its record {started_path} is not readable JSON"
+    elif started.get("fingerprint") != fp:
       reason = _diff(started.get("inputs", {}), inputs)
   elif os.path.isdir(stage.dir) and os.listdir(stage.dir):
     reason = "the directory holds a run the pipeline did not record"
@@ -947,8 +973,7 @@ def run_stage(stage: Stage, done: dict, workdir: str, runner) -> str:
   else:
     _say(f"{stage.label}: running")
   os.makedirs(stage.dir, exist_ok=True)
-  with open(started_path, "w") as f:
-    json.dump({"fingerprint": fp, "inputs": inputs}, f, indent=1)
+  write_json(started_path, {"fingerprint": fp, "inputs": inputs})
   log = os.path.join(stage.dir, "pipeline.log")
   t0 = time.time()
   if stage.action is not None:
@@ -976,9 +1001,7 @@ def run_stage(stage: Stage, done: dict, workdir: str, runner) -> str:
     "wall_s": round(time.time() - t0, 2),
     "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
-  with open(sj_path + ".tmp", "w") as f:
-    json.dump(record, f, indent=1)
-  os.replace(sj_path + ".tmp", sj_path)
+  write_json(sj_path, record)
   _say(f"{stage.label}: done in {record['wall_s']:.0f} s")
   return "ran"
 

@@ -318,7 +318,7 @@ def _fmt_params(n) -> str:
 
 def write_report(c, workdir: str, stages: list, status: dict) -> dict:
   """Writes the report files for the finished stages; returns the report dict."""
-  from kdjax.pipeline import _sha, stage_hash
+  from kdjax.pipeline import _sha, stage_hash, write_json
 
   cache_dir = os.path.join(workdir, "report_cache")
   os.makedirs(cache_dir, exist_ok=True)
@@ -335,14 +335,16 @@ def write_report(c, workdir: str, stages: list, status: dict) -> dict:
     path = os.path.join(cache_dir, f"{st.label}.json")
     entry = None
     if os.path.isfile(path):
-      with open(path) as f:
-        cached = json.load(f)
-      if cached.get("key") == key:
-        entry = cached["entry"]
+      try:  # a cache: an unreadable entry (an older kdjax killed mid-write) is measured again
+        with open(path) as f:
+          cached = json.load(f)
+        if cached.get("key") == key:
+          entry = cached["entry"]
+      except (OSError, ValueError, AttributeError, KeyError):
+        entry = None
     if entry is None:
       entry = _entry(c, st, teacher_path, cache_dir)
-      with open(path, "w") as f:
-        json.dump({"key": key, "entry": entry}, f, indent=1)
+      write_json(path, {"key": key, "entry": entry})
     entry["status"] = status.get(st.label, "")
     rows.append(entry)
   by_stage = {r["name"]: r for r in rows}
@@ -375,9 +377,7 @@ def write_report(c, workdir: str, stages: list, status: dict) -> dict:
     "rows": rows,
     "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
-  with open(os.path.join(workdir, "report.json.tmp"), "w") as f:
-    json.dump(report, f, indent=2)
-  os.replace(os.path.join(workdir, "report.json.tmp"), os.path.join(workdir, "report.json"))
+  write_json(os.path.join(workdir, "report.json"), report, indent=2)
   plot = write_plots(report, workdir)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(markdown(report, plot))

@@ -265,6 +265,51 @@ def test_fingerprint_skip_resume_and_rerun(teacher, tmp_path, capsys):
   assert st["02_teacher_finetune"] == "ran" and st["06_vanilla_kd"] == "ran"
 
 
+def test_truncated_records_and_report_cache_recover(teacher, tmp_path, capsys, monkeypatch):
+  """A pipeline killed while writing JSON (an older kdjax wrote in place): the next run
+  neither crashes on the empty file nor trusts it. Stage records rerun the stage, saying why
+  (the old run moved aside); a report cache entry is measured again."""
+  from kdjax import pipeline_report
+
+  W = str(tmp_path / "p")
+  c = _tiny(teacher, **{"student.path": teacher})
+  fake = FakeRunner()
+  pipeline.run_pipeline(c, W, runner=fake, report=False)
+  open(os.path.join(W, "06_vanilla_kd", "stage.json"), "w").close()  # finished, record empty
+  os.remove(os.path.join(W, "08_prune", "stage.json"))  # started, its inputs record empty
+  open(os.path.join(W, "08_prune", "pipeline_inputs.json"), "w").close()
+  capsys.readouterr()
+  st = pipeline.run_pipeline(c, W, runner=fake, report=False)
+  out = capsys.readouterr().out
+  assert st["02_teacher_finetune"] == "skipped" and st["06_vanilla_kd"] == "ran"
+  assert "06_vanilla_kd: rerunning: its record" in out and "not readable JSON" in out
+  assert "08_prune: rerunning: its record" in out
+  assert any(n.startswith("06_vanilla_kd.replaced-") for n in os.listdir(W))
+  assert json.load(open(os.path.join(W, "06_vanilla_kd", "stage.json")))["stage"] == "vanilla_kd"
+  assert not [n for n in os.listdir(os.path.join(W, "06_vanilla_kd")) if n.endswith(".tmp")]
+
+  measured = []
+
+  def entry(cfg, stage, teacher_path, cache_dir):
+    measured.append(stage.label)
+    return {"stage": stage.label, "name": stage.name, "role": stage.role, "notes": []}
+
+  monkeypatch.setattr(pipeline_report, "_entry", entry)
+  monkeypatch.setattr(pipeline_report, "write_plots", lambda report, workdir: "")
+  stages = list(pipeline.resolve(c, W))
+  pipeline_report.write_report(c, W, stages, {})
+  first = list(measured)
+  assert first and measured == [s.label for s in stages if s.role != "intermediate"]
+  measured.clear()
+  pipeline_report.write_report(c, W, stages, {})
+  assert measured == []  # all cached
+  open(os.path.join(W, "report_cache", f"{first[1]}.json"), "w").close()  # killed mid-write
+  pipeline_report.write_report(c, W, stages, {})
+  assert measured == [first[1]]
+  assert json.load(open(os.path.join(W, "report_cache", f"{first[1]}.json")))["entry"]
+  assert json.load(open(os.path.join(W, "report.json")))["rows"]
+
+
 def test_failed_stage_names_its_log(teacher, tmp_path):
   W = str(tmp_path / "p")
 
