@@ -127,7 +127,8 @@ def _peak_memory_bytes():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
-def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32"):
+def build_kdjax(name, shape, teacher_dtype, tmp, student_dtype="float32"):
+  """(trainer, state, frozen, batch, recipe) of the MiniLMv2 step of ``SHAPES[name]``."""
   vocab = os.path.join(tmp, "vocab.txt")
   with open(vocab, "w") as f:
     f.write(
@@ -153,6 +154,11 @@ def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32")
   trainer = Trainer(config, recipe, os.path.join(tmp, name))
   state, frozen = trainer.init_state(), trainer.init_frozen()
   batch = trainer.global_batch(_batch(shape))
+  return trainer, state, frozen, batch, recipe
+
+
+def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32"):
+  trainer, state, frozen, batch, recipe = build_kdjax(name, shape, teacher_dtype, tmp, student_dtype)
   t0 = time.perf_counter()
   state, metrics = trainer.step_fn(state, frozen, batch)
   jax.block_until_ready(metrics)

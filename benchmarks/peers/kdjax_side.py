@@ -87,6 +87,18 @@ def _timed_trainer(dt, times):
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
+def minilm_step(s: dict, dtype: str, tmp: str, sample_relation: bool = False):
+  """(trainer, state, frozen, batch) for the MiniLMv2 step of shape ``s``: what
+  ``distill_throughput`` times for it (``_register``'d, ``beta`` 1 with ``sample_relation``)."""
+  import distill_throughput as dt
+
+  _register(dt, s, 1.0 if sample_relation else 0.0)
+  trainer, state, frozen, batch, _ = dt.build_kdjax(
+    s["name"], dt.SHAPES[s["name"]], dtype, tmp, student_dtype=dtype
+  )
+  return trainer, state, frozen, batch
+
+
 def tinybert_step(s: dict, dtype: str, tmp: str):
   """(trainer, state, frozen, batch) for the TinyBERT stage-1 step of shape ``s``."""
   import importlib.util

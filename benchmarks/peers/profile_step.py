@@ -1,9 +1,11 @@
-"""Where a kdjax TinyBERT step spends its time, per XLA op (the profile behind issue #11).
+"""Where a kdjax distillation step spends its time, per XLA op (the profile behind issue #11).
 
   .venv/bin/python benchmarks/peers/profile_step.py --shape=tinybert-b32-l128 --dtype=bfloat16
+  .venv/bin/python benchmarks/peers/profile_step.py --shape=minilm-b8-l128 --dtype=float32
 
-Builds the harness's TinyBERT stage-1 step (``kdjax_side.tinybert_step``: the tinybert recipe
-run by the trainer), runs ``--warmup`` steps, times ``--steps``, then traces one step with
+Builds the harness's step for the shape: TinyBERT stage 1 (``kdjax_side.tinybert_step``: the
+tinybert recipe run by the trainer) or MiniLMv2 (``kdjax_side.minilm_step``: the step of
+``distill_throughput.py``, ``--sample_relation`` for beta = 1), runs ``--warmup`` steps, times ``--steps``, then traces one step with
 ``jax.profiler`` and reads the trace back with ``jax.profiler.ProfileData``: every XLA CPU thunk
 (fusion, custom call, copy) with its wall time on the thread that ran it, summed per kind of op
 (name without its ``.N`` suffix) and per (kind, output shape, custom-call target, source op).
@@ -76,8 +78,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  tiny = [n for n, s in common.SHAPES.items() if s.get("method") == "tinybert"]
-  p.add_argument("--shape", default="tinybert-b32-l128", choices=tiny)
+  p.add_argument("--shape", default="tinybert-b32-l128", choices=sorted(common.SHAPES))
+  p.add_argument("--sample_relation", action="store_true", help="MiniLMv2 shapes: beta = 1")
   p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=2)
@@ -90,7 +92,12 @@ def main(argv=None):
   import kdjax_side
 
   s = common.shape(args.shape)
-  trainer, state, frozen, batch = kdjax_side.tinybert_step(s, args.dtype, tempfile.mkdtemp())
+  if s.get("method") == "tinybert":
+    trainer, state, frozen, batch = kdjax_side.tinybert_step(s, args.dtype, tempfile.mkdtemp())
+  else:
+    trainer, state, frozen, batch = kdjax_side.minilm_step(
+      s, args.dtype, tempfile.mkdtemp(), args.sample_relation
+    )
   step = trainer.step_fn
   for _ in range(args.warmup):
     state, _ = jax.block_until_ready(step(state, frozen, batch))
