@@ -158,7 +158,9 @@ def build_kdjax(name, shape, teacher_dtype, tmp, student_dtype="float32"):
 
 
 def bench_kdjax(name, shape, steps, teacher_dtype, tmp, student_dtype="float32"):
-  trainer, state, frozen, batch, recipe = build_kdjax(name, shape, teacher_dtype, tmp, student_dtype)
+  trainer, state, frozen, batch, recipe = build_kdjax(
+    name, shape, teacher_dtype, tmp, student_dtype
+  )
   t0 = time.perf_counter()
   state, metrics = trainer.step_fn(state, frozen, batch)
   jax.block_until_ready(metrics)
