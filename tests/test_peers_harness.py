@@ -250,18 +250,20 @@ def test_kdjax_tinybert_step_matches_textbrewer_peer(tmp_path, capsys):
   assert rec["impl"] == "kdjax" and len(rec["step_times_s"]) == 2 and np.isfinite(rec["loss"])
 
 
-def test_profile_step_reports_the_ops_of_a_tiny_tinybert_step(tmp_path, capsys):
+@pytest.mark.parametrize("shape", ["tinybert-tiny", "minilm-tiny"])
+def test_profile_step_reports_the_ops_of_a_tiny_step(shape, tmp_path, capsys):
   import profile_step
 
   out = tmp_path / "ops.json"
+  extra = ["--sample_relation"] if shape.startswith("minilm") else []
   profile_step.main(
-    ["--shape=tinybert-tiny", "--dtype=float32", "--warmup=1", "--steps=1", "--top=5"]
+    [f"--shape={shape}", "--dtype=float32", "--warmup=1", "--steps=1", "--top=5", *extra]
     + [f"--json={out}", f"--hlo={tmp_path / 'step.hlo'}"]
   )
   text = capsys.readouterr().out
   assert "by kind of op:" in text and "top 5" in text
   got = json.loads(out.read_text())
-  assert got["shape"] == "tinybert-tiny" and len(got["step_s"]) == 1
+  assert got["shape"] == shape and len(got["step_s"]) == 1
   assert got["ops_s"] and all(v >= 0 for v in got["ops_s"].values())
   # every op of the trace is an instruction of the compiled step
   hlo = (tmp_path / "step.hlo").read_text()
