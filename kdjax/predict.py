@@ -86,7 +86,8 @@ class Predictor:
     from kdjax.export.source import load_source
 
     src = load_source(path, step=step, max_length=max_length)
-    fn = jax.jit(src.forward_fn("fp32"))
+    # runs in this process: the CPU matmul kernel where it applies
+    fn = self.forward = jax.jit(src.forward_fn("fp32", portable=False))
     params = src.params
     self._run = lambda ids, mask, types: jax.tree.map(np.asarray, fn(params, ids, mask, types))
     self.tokenizer, self.head, self.labels = src.tokenizer, src.head, src.labels

@@ -188,3 +188,25 @@ def test_task_input_tsv_output_and_metrics(setup, tmp_path, capsys):
 def test_savedmodel_max_length_is_fixed(setup, capsys):
   assert predict.main([setup["savedmodel"], "--text", "a", "--max_length", "8"]) == 2
   assert "SavedModel tokenizes to its own max_length" in capsys.readouterr().err
+
+
+def test_model_directories_run_on_the_cpu_kernel_exports_never(setup):
+  """Predicting from a model directory runs in this process: the CPU matmul kernel where it
+  applies (as training does); ``forward_fn``'s default (what every export traces) never names it."""
+  import jax
+
+  from kdjax.export.source import load_source
+  from kdjax.kernels import cpu_matmul
+
+  src = load_source(setup["cls"])
+  ids = np.full((2, 8), 5, np.int32)
+  args = (src.params, ids, np.ones_like(ids), np.zeros_like(ids))
+  portable = jax.jit(src.forward_fn("fp32")).lower(*args).as_text()
+  p = predict.Predictor(setup["cls"])
+  local = p.forward.lower(*args).as_text()
+  assert "kdjax_onednn" not in portable
+  if cpu_matmul.dense_enabled(np.float32):
+    assert "kdjax_onednn" in local
+  got = p._run(*args[1:])["logits"]
+  want = jax.jit(src.forward_fn("fp32"))(*args)["logits"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
