@@ -429,11 +429,18 @@ def markdown(report: dict, plot: str) -> str:
 
 
 def _points(report):
-  return [
-    (r["stage"], r["speedup"], 100 * r["value"])
-    for r in report["rows"]
-    if r.get("speedup") is not None and r.get("value") is not None and r["role"] != "artefact"
-  ]
+  """``(label, speed-up, dev metric %, runtime)`` per plotted point: each model's jitted JAX
+  forward against the teacher's ("jax"), and each ONNX artefact in onnxruntime against the
+  teacher's fp32 ONNX ("onnx": the deployable student, e.g. the INT8 graph)."""
+  pts = []
+  for r in report["rows"]:
+    if r.get("value") is None:
+      continue
+    if r.get("speedup") is not None and r["role"] != "artefact":
+      pts.append((r["stage"], r["speedup"], 100 * r["value"], "jax"))
+    if r.get("onnx_speedup") is not None:
+      pts.append((f"{r['stage']} (ONNX)", r["onnx_speedup"], 100 * r["value"], "onnx"))
+  return pts
 
 
 def write_svg(report: dict, path: str) -> None:
@@ -463,8 +470,15 @@ def write_svg(report: dict, path: str) -> None:
     xv, yv = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
     out.append(f'<text x="{sx(xv)}" y="{H - B + 16}" text-anchor="middle">{xv:.2f}</text>')
     out.append(f'<text x="{L - 6}" y="{sy(yv) + 4}" text-anchor="end">{yv:.1f}</text>')
-  for name, x, y in pts:
-    out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="steelblue"/>')
+  for name, x, y, runtime in pts:
+    if runtime == "onnx":  # a triangle: another runtime, its speed-up against the teacher's ONNX
+      cx, cy = sx(x), sy(y)
+      out.append(
+        f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx - 6:.1f},{cy + 5:.1f} {cx + 6:.1f},'
+        f'{cy + 5:.1f}" fill="darkorange"/>'
+      )
+    else:
+      out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="steelblue"/>')
     out.append(f'<text x="{sx(x) + 8:.1f}" y="{sy(y) + 4:.1f}">{name}</text>')
   if not pts:
     out.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no timed stage yet</text>')
@@ -484,10 +498,13 @@ def write_plots(report: dict, workdir: str) -> str:
     return "report.svg (report.png: matplotlib is not installed)"
   pts = _points(report)
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for name, x, y in pts:
-    ax.scatter([x], [y])
+  for name, x, y, runtime in pts:
+    ax.scatter([x], [y], marker="^" if runtime == "onnx" else "o")
     ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-  ax.set_xlabel("speed-up over the teacher (x, indicative)")
+  ax.set_xlabel(
+    "speed-up over the teacher (x, indicative)\n"
+    "o: JAX forward vs the teacher's; ^: ONNX Runtime vs the teacher's fp32 ONNX"
+  )
   metric = next((r["metric"] for r in report["rows"] if r.get("metric")), "metric")
   ax.set_ylabel(f"dev {metric} (%)")
   ax.set_title(str(report["task"]))

@@ -310,6 +310,35 @@ def test_truncated_records_and_report_cache_recover(teacher, tmp_path, capsys, m
   assert json.load(open(os.path.join(W, "report.json")))["rows"]
 
 
+def test_report_plot_has_each_model_and_the_onnx_artefacts(tmp_path):
+  from kdjax import pipeline_report
+
+  row = lambda stage, role, **kw: {"stage": stage, "name": stage, "role": role, **kw}
+  report = {
+    "task": "sst-2",
+    "rows": [
+      row("02_teacher_finetune", "model", value=0.85, speedup=1.0, metric="accuracy"),
+      row("06_vanilla_kd", "model", value=0.80, speedup=1.9),
+      row("08_prune", "model", value=0.79, speedup=2.4),
+      row("09_quantize", "int8", value=0.78),  # simulated INT8: not timed in JAX
+      row("10_export", "artefact", value=0.78, speedup=2.4, onnx_speedup=3.1),
+    ],
+  }
+  pts = pipeline_report._points(report)
+  assert [(p[0], p[3]) for p in pts] == [
+    ("02_teacher_finetune", "jax"),
+    ("06_vanilla_kd", "jax"),
+    ("08_prune", "jax"),
+    ("10_export (ONNX)", "onnx"),
+  ]
+  assert pts[-1][1:3] == (3.1, 78.0)
+  assert pipeline_report.write_plots(report, str(tmp_path)) == "report.png, report.svg"
+  svg = (tmp_path / "report.svg").read_text()
+  assert svg.count("<circle") == 3 and svg.count("<polygon") == 1
+  assert "10_export (ONNX)" in svg
+  assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_failed_stage_names_its_log(teacher, tmp_path):
   W = str(tmp_path / "p")
 
