@@ -14,9 +14,10 @@ __version__ = "0.1.0"
 # same time on its thread pool. kdjax's matmul kernel (``kdjax.kernels.cpu_matmul``) already uses
 # every core per call through OpenMP, so the concurrent ops only compete with it for the cores.
 # The memory-oriented schedule measured faster and smaller on a 2-core AMX Xeon (fresh process
-# per run, alternating, 3 pairs each, min step time): MiniLMv2 8 x 128 float32 -5 to -7 %,
-# bfloat16 -2 to -13 %; TinyBERT 8 x 128 float32 -3 to -5 %, bfloat16 -16 to +5 %; peak RSS
-# lower in 11 of 12 pairs (benchmarks/peers/README.md). GPU and TPU compilers ignore the flag.
+# per run, alternating, min step time): MiniLMv2 8 x 128 float32 -5 to -7 %, 32 x 128 -6 %,
+# 8 x 512 -6 %; bfloat16 8 x 128 -2 to -13 %, 32 x 128 -10 to +2 %; TinyBERT float32 -1 to -5 %,
+# bfloat16 -16 to +5 %; peak RSS lower in 18 of 19 pairs (8 x 512: 3.79 -> 3.26 GiB;
+# benchmarks/peers/README.md). GPU and TPU compilers ignore the flag.
 XLA_DEFAULTS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 
 
