@@ -11,7 +11,6 @@ import json
 import logging
 import os
 
-import numpy as np
 from flax import nnx
 
 from kdjax.models import params as P
@@ -161,7 +160,7 @@ def load(
         f"{directory}: parameter {'/'.join(k)} has shape "
         f"{tuple(flat_p[k].shape)}, expected {tuple(v.shape)}"
       )
-  loaded = P.bind(skeleton, P.unflatten({k: np.asarray(flat_p[k]) for k in flat_t}))
+  loaded = P.bind(skeleton, P.unflatten({k: P.host_aligned(flat_p[k]) for k in flat_t}))
   if getattr(model, "tokenizer_dir", None):
     loaded.tokenizer_dir = model.tokenizer_dir
   return loaded

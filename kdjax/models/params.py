@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 
@@ -49,6 +50,27 @@ def bind(skeleton, params: dict) -> nnx.Module:
   state = jax.tree.map(lambda x: x, state)  # do not mutate the skeleton's state
   nnx.replace_by_pure_dict(state, _restore_keys(template, params))
   return nnx.merge(graphdef, state)
+
+
+HOST_ALIGNMENT = 64  # bytes: XLA CPU uses a host array in place only at this alignment
+
+
+def host_aligned(x: np.ndarray) -> np.ndarray:
+  """``x`` with its data at a ``HOST_ALIGNMENT``-byte boundary (copied only if it is not).
+
+  XLA CPU takes an aligned numpy argument of a jitted call in place and copies a misaligned
+  one on every call. Orbax restores most tensors of a checkpoint misaligned, so a loaded
+  model's host params cost a full copy per forward: the pruned 3L/384H Rotten Tomatoes student
+  at 32 x 64 ran 98.6 ms per batch with them against 78.3 ms with aligned ones (2-core AMX
+  Xeon)."""
+  x = np.asarray(x)
+  if x.ctypes.data % HOST_ALIGNMENT == 0:
+    return x
+  buf = np.empty(x.nbytes + HOST_ALIGNMENT, np.uint8)
+  start = -buf.ctypes.data % HOST_ALIGNMENT
+  out = buf[start : start + x.nbytes].view(x.dtype).reshape(x.shape)
+  out[...] = x
+  return out
 
 
 def abstract_skeleton(make_model) -> Any:
