@@ -251,9 +251,14 @@ def test_kdjax_tinybert_step_matches_textbrewer_peer(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("shape", ["tinybert-tiny", "minilm-tiny"])
-def test_profile_step_reports_the_ops_of_a_tiny_step(shape, tmp_path, capsys):
+def test_profile_step_reports_the_ops_of_a_tiny_step(shape, tmp_path, capsys, monkeypatch):
+  import tempfile
+
   import profile_step
 
+  scratch = tmp_path / "scratch"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   out = tmp_path / "ops.json"
   extra = ["--sample_relation"] if shape.startswith("minilm") else []
   profile_step.main(
@@ -268,3 +273,5 @@ def test_profile_step_reports_the_ops_of_a_tiny_step(shape, tmp_path, capsys):
   # every op of the trace is an instruction of the compiled step
   hlo = (tmp_path / "step.hlo").read_text()
   assert all(f"%{name} = " in hlo or f" {name} = " in hlo for name in got["ops_s"])
+  # the saved teacher and the trace live in one scratch directory that is removed on exit
+  assert list(scratch.iterdir()) == []

@@ -91,48 +91,51 @@ def main(argv=None):
   import jax
   import kdjax_side
 
-  s = common.shape(args.shape)
-  if s.get("method") == "tinybert":
-    trainer, state, frozen, batch = kdjax_side.tinybert_step(s, args.dtype, tempfile.mkdtemp())
-  else:
-    trainer, state, frozen, batch = kdjax_side.minilm_step(
-      s, args.dtype, tempfile.mkdtemp(), args.sample_relation
-    )
-  step = trainer.step_fn
-  for _ in range(args.warmup):
-    state, _ = jax.block_until_ready(step(state, frozen, batch))
-  times = []
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    state, _ = jax.block_until_ready(step(state, frozen, batch))
-    times.append(time.perf_counter() - t0)
-  trace_dir = tempfile.mkdtemp()
-  with jax.profiler.trace(trace_dir):
-    t0 = time.perf_counter()
-    state, _ = jax.block_until_ready(step(state, frozen, batch))
-    traced = time.perf_counter() - t0
-  (xplane,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
-  ops = op_table(xplane)
-  hlo = step.lower(state, frozen, batch).compile().as_text()
-  if args.hlo:
-    with open(args.hlo, "w") as f:
-      f.write(hlo)
-  rows = describe(ops, hlo)
-  busy = sum(ops.values())
-  print(f"{args.shape} {args.dtype}: step {min(times):.3f} s (min of {len(times)}); traced step")
-  print(f"{traced:.3f} s; op time {busy:.3f} s summed over XLA threads ({busy / traced:.2f}x)")
-  kinds = collections.Counter()
-  for (kind, _, _), secs, _ in rows:
-    kinds[kind] += secs
-  print("\nby kind of op:")
-  for kind, secs in kinds.most_common(12):
-    print(f"  {secs * 1e3:9.1f} ms  {100 * secs / busy:5.1f} %  {kind}")
-  print(f"\ntop {args.top} (kind, output shape, custom call / source op):")
-  for (kind, shape, what), secs, n in rows[: args.top]:
-    print(f"  {secs * 1e3:9.1f} ms  x{n:<4d} {kind:26s} {shape:28s} {what}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"shape": args.shape, "dtype": args.dtype, "step_s": times, "ops_s": ops}, f)
+  # One scratch directory for the saved teacher (a 420 MB BASE checkpoint) and the trace: both are
+  # removed on exit, also when the profile raises.
+  with tempfile.TemporaryDirectory(prefix="kdjax-profile-") as tmp:
+    s = common.shape(args.shape)
+    if s.get("method") == "tinybert":
+      trainer, state, frozen, batch = kdjax_side.tinybert_step(s, args.dtype, tmp)
+    else:
+      trainer, state, frozen, batch = kdjax_side.minilm_step(
+        s, args.dtype, tmp, args.sample_relation
+      )
+    step = trainer.step_fn
+    for _ in range(args.warmup):
+      state, _ = jax.block_until_ready(step(state, frozen, batch))
+    times = []
+    for _ in range(args.steps):
+      t0 = time.perf_counter()
+      state, _ = jax.block_until_ready(step(state, frozen, batch))
+      times.append(time.perf_counter() - t0)
+    trace_dir = os.path.join(tmp, "trace")
+    with jax.profiler.trace(trace_dir):
+      t0 = time.perf_counter()
+      state, _ = jax.block_until_ready(step(state, frozen, batch))
+      traced = time.perf_counter() - t0
+    (xplane,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    ops = op_table(xplane)
+    hlo = step.lower(state, frozen, batch).compile().as_text()
+    if args.hlo:
+      with open(args.hlo, "w") as f:
+        f.write(hlo)
+    rows = describe(ops, hlo)
+    busy = sum(ops.values())
+    print(f"{args.shape} {args.dtype}: step {min(times):.3f} s (min of {len(times)}); traced step")
+    print(f"{traced:.3f} s; op time {busy:.3f} s summed over XLA threads ({busy / traced:.2f}x)")
+    kinds = collections.Counter()
+    for (kind, _, _), secs, _ in rows:
+      kinds[kind] += secs
+    print("\nby kind of op:")
+    for kind, secs in kinds.most_common(12):
+      print(f"  {secs * 1e3:9.1f} ms  {100 * secs / busy:5.1f} %  {kind}")
+    print(f"\ntop {args.top} (kind, output shape, custom call / source op):")
+    for (kind, shape, what), secs, n in rows[: args.top]:
+      print(f"  {secs * 1e3:9.1f} ms  x{n:<4d} {kind:26s} {shape:28s} {what}")
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump({"shape": args.shape, "dtype": args.dtype, "step_s": times, "ops_s": ops}, f)
 
 
 if __name__ == "__main__":
