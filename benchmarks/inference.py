@@ -316,7 +316,12 @@ def parse_args(argv=None):
   p.add_argument("--length", type=int, default=128)
   p.add_argument("--warmup", type=int, default=2, help="untimed batches per row")
   p.add_argument("--reps", type=int, default=5, help="timed batches per row")
-  p.add_argument("--workdir", default=None, help="where the random models and exports go")
+  p.add_argument(
+    "--workdir",
+    default=None,
+    help="where the random models and exports go, kept for a later run (default: a scratch "
+    "directory that is removed at the end)",
+  )
   p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/...)")
   p.add_argument("--idle_load", type=float, default=1.0, help="wait for a load average below")
   p.add_argument("--idle_wait", type=float, default=120.0, help="seconds to wait at most")
@@ -353,7 +358,15 @@ def main(argv=None) -> int:
     if not os.path.isdir(d):
       raise SystemExit(f"--model {name}: {d} is not a directory")
     specs.append((name, d))
-  work = args.workdir or tempfile.mkdtemp(prefix="kdjax-inference-")
+  if args.workdir:
+    return _run(args, runtimes, specs, args.workdir)
+  if args.prepare_only:
+    raise SystemExit("--prepare_only needs --workdir (where a later run finds the exports)")
+  with tempfile.TemporaryDirectory(prefix="kdjax-inference-") as work:
+    return _run(args, runtimes, specs, work)
+
+
+def _run(args, runtimes: list[str], specs: list, work: str) -> int:
   os.makedirs(work, exist_ok=True)
   print(f"artefacts in {work}", flush=True)
   plans = []

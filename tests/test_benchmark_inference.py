@@ -31,6 +31,23 @@ def test_inference_benchmark_smoke(tmp_path, capsys):
   assert "tiny" in capsys.readouterr().out
 
 
+def test_scratch_workdir_is_removed(tmp_path, monkeypatch):
+  import tempfile
+
+  bench = _module()
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  argv = ["--models=tiny", "--runtimes=xla", "--batch=2", "--length=8", "--reps=1"]
+  argv += ["--warmup=0", "--idle_wait=0", f"--out={tmp_path / 'r.json'}"]
+  assert bench.main(argv) == 0
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+  try:
+    bench.main(["--models=tiny", "--prepare_only"])
+  except SystemExit as e:
+    assert "--prepare_only needs --workdir" in str(e)
+  else:
+    raise AssertionError("--prepare_only without --workdir must fail")
+
+
 def test_bench_texts_fill_the_length():
   bench = _module()
   texts = bench.bench_texts(3)
