@@ -224,6 +224,43 @@ def _textbrewer_matches():
   return ns["matches"]
 
 
+def test_teacher_forward_rows(capsys):
+  rows = run.make_rows(["minilm-tiny", "tinybert-tiny"], ["float32"], ["token"], True)
+  assert [run.row_id(r) for r in rows] == [
+    "minilm-tiny/float32/token",
+    "tinybert-tiny/float32/tinybert",
+    "tinybert-tiny/float32/teacher-fwd",
+  ]
+  order = run.schedule(rows[2:], ["torch", "textbrewer"], reps=1)
+  assert [impl for _, impl, _ in order] == ["kdjax", "textbrewer"]
+  import kdjax_side
+
+  kdjax_side.main(["--shape=tinybert-tiny", "--steps=2", "--teacher_only"])
+  rec = common.parse_result(capsys.readouterr().out)
+  assert rec["impl"] == "kdjax" and len(rec["step_times_s"]) == 2 and np.isfinite(rec["loss"])
+
+
+def test_teacher_forward_returns_what_the_loss_reads(tmp_path):
+  import jax
+  import kdjax_side
+
+  from kdjax.recipes import tinybert
+  from kdjax.recipes.common import forward
+
+  s = common.shape("tinybert-tiny")
+  trainer, _, frozen, batch = kdjax_side.tinybert_step(s, "float32", str(tmp_path))
+  emb, mapped = kdjax_side.teacher_forward(trainer)(frozen, batch)
+  layers = tuple(trainer.recipe.teacher_layers)
+  assert layers == tuple(tinybert.resolve_layer_map(None, s["student"][0], s["teacher"][0]))
+  full = forward(trainer.recipe.teacher, frozen, batch, capture_layers="all")
+  np.testing.assert_allclose(np.asarray(emb), np.asarray(full.embedding_output), atol=1e-6)
+  assert len(mapped) == len(layers)
+  for (hidden, scores), j in zip(mapped, layers, strict=True):
+    np.testing.assert_allclose(np.asarray(hidden), np.asarray(full.layers[j].hidden), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(full.layers[j].scores), atol=1e-5)
+  assert jax.tree.leaves(mapped)
+
+
 def test_kdjax_tinybert_step_matches_textbrewer_peer(tmp_path, capsys):
   """The kdjax TinyBERT row times the tinybert recipe's stage-1 step with the TextBrewer peer's
   layer map and one projection per matched hidden state, on ``common.batch``."""

@@ -191,6 +191,11 @@ def child_args(argv=None):
   p.add_argument("--shape", required=True, choices=sorted(SHAPES))
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   p.add_argument("--sample_relation", action="store_true", help="+ PP-MiniLM sample relation")
+  p.add_argument(
+    "--teacher_only",
+    action="store_true",
+    help="TinyBERT shapes: time only the frozen teacher's forward (the features the loss reads)",
+  )
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--warmup", type=int, default=1)
   return p.parse_args(argv)

@@ -110,19 +110,25 @@ def expand_shapes(spec: str) -> list[str]:
   return list(dict.fromkeys(names))
 
 
-def make_rows(shapes, dtypes, relations) -> list[dict]:
+def make_rows(shapes, dtypes, relations, teacher_forward: bool = False) -> list[dict]:
+  """One row per (shape, dtype, relation); with ``teacher_forward`` each TinyBERT row is followed
+  by one that times only the frozen teacher's forward (how much of the step no student-side
+  speed-up can touch)."""
   rows = []
   for name in shapes:
     method = common.SHAPES[name]["method"]
     for dtype in dtypes:
       for rel in relations if method == "minilm" else ["token"]:
         rows.append(dict(shape=name, method=method, dtype=dtype, sample_relation=rel == "sample"))
+      if teacher_forward and method == "tinybert":
+        rows.append(dict(rows[-1], teacher_only=True))
   return rows
 
 
 def row_id(row) -> str:
   rel = {"minilm": "+sample" if row["sample_relation"] else "token", "tinybert": "tinybert"}
-  return f"{row['shape']}/{row['dtype']}/{rel[row['method']]}"
+  kind = "teacher-fwd" if row.get("teacher_only") else rel[row["method"]]
+  return f"{row['shape']}/{row['dtype']}/{kind}"
 
 
 def impls_for(row, peers) -> list[str]:
@@ -294,6 +300,8 @@ def run_one(row, impl, rep, args, python) -> dict:
   ]
   if row["sample_relation"]:
     cmd.append("--sample_relation")
+  if row.get("teacher_only"):
+    cmd.append("--teacher_only")
   cpus = sorted(os.sched_getaffinity(0))[: args.threads]
   env = dict(
     os.environ,
@@ -365,6 +373,12 @@ def main(argv=None):
     help="MiniLMv2 rows: token (MiniLMv2) and/or sample (+ PP-MiniLM sample relation)",
   )
   p.add_argument(
+    "--teacher_forward",
+    action="store_true",
+    help="after each TinyBERT row, a row timing only the frozen teacher's forward (hidden "
+    "states and attention of the layers the loss reads) in kdjax and in the TextBrewer peer",
+  )
+  p.add_argument(
     "--reps", type=int, default=3, help="rounds (processes) per implementation and row"
   )
   p.add_argument("--steps", type=int, default=5, help="timed steps per process")
@@ -395,7 +409,12 @@ def main(argv=None):
   for x in peers:
     if x not in PEERS:
       raise SystemExit(f"unknown peer {x!r}; choose from {', '.join(PEERS)}")
-  rows = make_rows(expand_shapes(args.shapes), args.dtypes.split(","), args.relations.split(","))
+  rows = make_rows(
+    expand_shapes(args.shapes),
+    args.dtypes.split(","),
+    args.relations.split(","),
+    args.teacher_forward,
+  )
   order = schedule(rows, peers, args.reps)
   if args.dry_run:
     for row, impl, rep in order:

@@ -92,6 +92,27 @@ def main(argv=None):
       "inputs_mask": batch["attention_mask"],
     }
 
+  if args.teacher_only:
+    # What GeneralDistiller runs for the teacher each step: the model under no_grad with
+    # hidden states and attentions, in bf16 autocast for --dtype=bfloat16.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+
+    def forward():
+      with torch.no_grad(), autocast:
+        return teacher(**model_batch, output_hidden_states=True, output_attentions=True)
+
+    warmup_s, times, out = common.time_steps(forward, args.steps, args.warmup)
+    common.emit(
+      dict(
+        impl="textbrewer",
+        threads=torch.get_num_threads(),
+        step_times_s=times,
+        warmup_s=warmup_s,
+        loss=float(out.hidden_states[-1].float().abs().mean()),
+        textbrewer=textbrewer.__version__,
+      )
+    )
+    return
   fetched: list[float] = []
 
   class Batches:
