@@ -51,6 +51,7 @@ from kdjax.trainer import sharding as sharding_lib
 from kdjax.trainer import state as state_lib
 from kdjax.trainer.config import resolve_trainer_config
 from kdjax.trainer.distributed import maybe_initialize_distributed
+from kdjax.trainer.host_memory import CompileFirstCall, release_free_host_memory
 from kdjax.trainer.metrics import MetricsLogger
 from kdjax.trainer.optim import make_optimizer, make_schedule
 from kdjax.trainer.step import NonFiniteError, check_accumulation, make_train_step
@@ -175,11 +176,13 @@ class Trainer:
     )
     # The state is pinned (a mismatch is an error, not a silent reshard); frozen and batch
     # (None = unspecified) keep the shardings they were placed with.
-    self.step_fn = jax.jit(
-      step,
-      in_shardings=(self.state_shardings, None, None),
-      out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
-      donate_argnums=0,
+    self.step_fn = CompileFirstCall(
+      jax.jit(
+        step,
+        in_shardings=(self.state_shardings, None, None),
+        out_shardings=(self.state_shardings, sharding_lib.replicated(self.mesh)),
+        donate_argnums=0,
+      )
     )
     self._batch_shardings: dict = {}
     self._finite_fn = jax.jit(
@@ -227,12 +230,17 @@ class Trainer:
         lambda p, k2: state_lib.create_state(p, self.optimizer, k2),
         out_shardings=self.state_shardings,
       )
-      return init(params, self._train_key)
+      state = init(params, self._train_key)
+      del initial, params
+      release_free_host_memory()
+      return state
     init = jax.jit(
       lambda k1, k2: state_lib.create_state(self.recipe.init_params(k1), self.optimizer, k2),
       out_shardings=self.state_shardings,
     )
-    return init(self._init_key, self._train_key)
+    state = init(self._init_key, self._train_key)
+    release_free_host_memory()
+    return state
 
   def init_frozen(self):
     """The recipe's frozen pytree placed on the mesh (None when the recipe has none)."""
@@ -241,7 +249,10 @@ class Trainer:
       return None
     logical = getattr(self.recipe, "frozen_logical_axes", lambda _: None)(frozen)
     shardings = sharding_lib.tree_shardings(frozen, logical, self.rules, self.mesh)
-    return sharding_lib.place(frozen, shardings)
+    placed = sharding_lib.place(frozen, shardings)
+    del frozen
+    release_free_host_memory()  # what loading the teacher freed
+    return placed
 
   def _batch_sharding(self, name: str, global_shape: tuple[int, ...]):
     key = (name, global_shape)
