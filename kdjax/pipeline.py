@@ -36,8 +36,8 @@ pipeline derives (teacher, student, task, data: see ``--dry_run``) plus
 
 Each stage runs the documented CLI in a subprocess in ``workdir/<nn>_<stage>/`` (log:
 ``pipeline.log`` there). A finished stage writes ``stage.json`` (the fingerprint of its inputs:
-its command lines and the fingerprints of the models it reads; and its outputs) and is skipped
-next time; a killed pipeline resumes inside the stage it was in (the trainer resumes from its
+its command lines, its config files' contents and the fingerprints of the models it reads, with
+paths relative to the workdir and to kdjax's configs; and its outputs) and is skipped next time; a killed pipeline resumes inside the stage it was in (the trainer resumes from its
 checkpoints); a stage whose inputs changed is moved aside to ``<nn>_<stage>.replaced-<time>``
 and rerun, with the reason printed (and so are the stages downstream of it).
 
@@ -844,12 +844,23 @@ def stage_hash(stage: Stage) -> str | None:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def stage_inputs(stage: Stage, done: dict[str, Stage], workdir: str) -> dict:
-  wd = _abs(workdir)
+def stage_inputs(stage: Stage, done: dict[str, Stage], workdir: str, portable: bool = True) -> dict:
+  """What a stage's fingerprint covers. Paths under the workdir read ``$WORKDIR`` and, with
+  ``portable``, kdjax's bundled configs ``$KDJAX/configs``, so a workdir moved to another
+  machine or opened from another checkout of the same kdjax skips its finished stages; the
+  contents of every ``--config=`` file are hashed too (``config_files``), so an edited config
+  reruns its stages wherever it lives. ``portable=False`` gives the fingerprint of records
+  written before stop 25 (absolute config paths, no contents), which ``run_stage`` still
+  accepts."""
+  subs = [(_abs(workdir), "$WORKDIR")]
+  if portable:
+    subs.append((os.path.join(ROOT, "configs") + os.sep, "$KDJAX/configs/"))
 
   def rel(x):
     if isinstance(x, str):
-      return x.replace(wd, "$WORKDIR")
+      for path, alias in subs:
+        x = x.replace(path, alias)
+      return x
     if isinstance(x, list | tuple):
       return [rel(v) for v in x]
     if isinstance(x, dict):
@@ -861,7 +872,23 @@ def stage_inputs(stage: Stage, done: dict[str, Stage], workdir: str) -> dict:
     "settings": rel(stage.settings),
     "upstream": {n: stage_hash(done[n]) for n in stage.deps},
     "paths": {k: [rel(p), path_fingerprint(p)] for k, p in stage.paths.items()},
+    **({"config_files": _config_files(stage.commands, rel)} if portable else {}),
   }
+
+
+def _config_files(commands, rel) -> dict:
+  """``{path as fingerprinted: sha256 of its bytes}`` for each ``--config=FILE[:arg]``."""
+  out = {}
+  for argv in commands:
+    for a in argv:
+      if a.startswith("--config="):
+        file = a[len("--config=") :].partition(":")[0]
+        try:
+          with open(file, "rb") as f:
+            out[rel(file)] = hashlib.sha256(f.read()).hexdigest()[:16]
+        except OSError:
+          out[rel(file)] = None  # kdjax.train names the missing file when the stage runs
+  return out
 
 
 def _diff(old: dict, new: dict) -> str:
@@ -875,6 +902,11 @@ def _diff(old: dict, new: dict) -> str:
       why.append(f"input {k} changed")
   if old.get("settings") != new.get("settings"):
     why.append("settings changed")
+  oc_files, nc_files = old.get("config_files"), new.get("config_files")
+  if oc_files is not None and nc_files is not None:  # (records before stop 25 have none)
+    why += [
+      f"config {f} changed" for f in sorted(nc_files) if oc_files.get(f, nc_files[f]) != nc_files[f]
+    ]
   oc, nc = old.get("commands", []), new.get("commands", [])
   if oc != nc:
     flat = lambda cmds: {a for cmd in cmds for a in cmd}
@@ -938,6 +970,7 @@ def run_stage(stage: Stage, done: dict, workdir: str, runner) -> str:
     return "given"
   inputs = stage_inputs(stage, done, workdir)
   fp = _sha(inputs)
+  same = {fp, _sha(stage_inputs(stage, done, workdir, portable=False))}  # or an older record's
   sj_path = os.path.join(stage.dir, "stage.json")
   started_path = os.path.join(stage.dir, "pipeline_inputs.json")
   reason = None
@@ -945,18 +978,20 @@ def run_stage(stage: Stage, done: dict, workdir: str, runner) -> str:
     sj = _read_record(sj_path)
     if sj is None:
       reason = f"its record {sj_path} is not readable JSON"
-    elif sj.get("fingerprint") == fp and all(os.path.exists(p) for p in stage.outputs.values()):
+    elif sj.get("fingerprint") in same and all(os.path.exists(p) for p in stage.outputs.values()):
       _say(f"{stage.label}: finished, inputs unchanged: skipped")
       return "skipped"
     else:
       reason = (
-        _diff(sj.get("inputs", {}), inputs) if sj.get("fingerprint") != fp else "outputs missing"
+        _diff(sj.get("inputs", {}), inputs)
+        if sj.get("fingerprint") not in same
+        else "outputs missing"
       )
   elif os.path.isfile(started_path):
     started = _read_record(started_path)
     if started is None:
       reason = f"its record {started_path} is not readable JSON"
-    elif started.get("fingerprint") != fp:
+    elif started.get("fingerprint") not in same:
       reason = _diff(started.get("inputs", {}), inputs)
   elif os.path.isdir(stage.dir) and os.listdir(stage.dir):
     reason = "the directory holds a run the pipeline did not record"

@@ -265,6 +265,52 @@ def test_fingerprint_skip_resume_and_rerun(teacher, tmp_path, capsys):
   assert st["02_teacher_finetune"] == "ran" and st["06_vanilla_kd"] == "ran"
 
 
+def test_workdir_portable_across_checkouts_and_config_edits(teacher, tmp_path, capsys, monkeypatch):
+  import functools
+  import shutil
+
+  W = str(tmp_path / "p")
+  c = _tiny(teacher, **{"student.path": teacher})
+  fake = FakeRunner()
+  # records as kdjax wrote them before stop 25 (absolute config paths) are still accepted
+  legacy = functools.partial(pipeline.stage_inputs, portable=False)
+  with monkeypatch.context() as m:
+    m.setattr(pipeline, "stage_inputs", legacy)
+    assert set(pipeline.run_pipeline(c, W, runner=fake, report=False).values()) == {"ran"}
+  sj = json.load(open(os.path.join(W, "06_vanilla_kd", "stage.json")))
+  assert os.path.join(pipeline.ROOT, "configs") in json.dumps(sj["inputs"]["commands"])
+  fake.calls.clear()
+  assert set(pipeline.run_pipeline(c, W, runner=fake, report=False).values()) == {"skipped"}
+  assert fake.calls == []
+
+  # new records name kdjax's configs $KDJAX/configs and hash their contents
+  shutil.rmtree(W)
+  pipeline.run_pipeline(c, W, runner=fake, report=False)
+  sj = json.load(open(os.path.join(W, "06_vanilla_kd", "stage.json")))
+  assert "--config=$KDJAX/configs/vanilla_kd.py:tiny" in sj["inputs"]["commands"][-1]
+  assert set(sj["inputs"]["config_files"]) == {"$KDJAX/configs/vanilla_kd.py"}
+
+  # another checkout of kdjax elsewhere (and the workdir read from another directory)
+  other = tmp_path / "other_checkout"
+  shutil.copytree(os.path.join(pipeline.ROOT, "configs"), other / "configs")
+  monkeypatch.setattr(pipeline, "ROOT", str(other))
+  monkeypatch.chdir(tmp_path)
+  fake.calls.clear()
+  assert set(pipeline.run_pipeline(c, W, runner=fake, report=False).values()) == {"skipped"}
+  assert fake.calls == []
+
+  # an edited config reruns the stages that read it, and their dependants
+  with open(other / "configs" / "vanilla_kd.py", "a") as f:
+    f.write("\n# edited\n")
+  capsys.readouterr()
+  st = pipeline.run_pipeline(c, W, runner=fake, report=False)
+  assert st["02_teacher_finetune"] == "skipped" and st["06_vanilla_kd"] == "ran"
+  assert st["08_prune"] == "ran"
+  assert "06_vanilla_kd: rerunning: config $KDJAX/configs/vanilla_kd.py changed" in (
+    capsys.readouterr().out
+  )
+
+
 def test_truncated_records_and_report_cache_recover(teacher, tmp_path, capsys, monkeypatch):
   """A pipeline killed while writing JSON (an older kdjax wrote in place): the next run
   neither crashes on the empty file nor trusts it. Stage records rerun the stage, saying why
