@@ -37,8 +37,8 @@ pipeline derives (teacher, student, task, data: see ``--dry_run``) plus
 Each stage runs the documented CLI in a subprocess in ``workdir/<nn>_<stage>/`` (log:
 ``pipeline.log`` there). A finished stage writes ``stage.json`` (the fingerprint of its inputs:
 its command lines, its config files' contents and the fingerprints of the models it reads, with
-paths relative to the workdir and to kdjax's configs; and its outputs) and is skipped next time; a killed pipeline resumes inside the stage it was in (the trainer resumes from its
-checkpoints); a stage whose inputs changed is moved aside to ``<nn>_<stage>.replaced-<time>``
+paths relative to the workdir and to kdjax's configs; and its outputs) and is skipped next time;
+a killed pipeline resumes inside the stage it was in (the trainer resumes from its checkpoints); a stage whose inputs changed is moved aside to ``<nn>_<stage>.replaced-<time>``
 and rerun, with the reason printed (and so are the stages downstream of it).
 
 After each stage and at the end: ``report.md``, ``report.json``, ``report.svg`` (and
@@ -844,17 +844,21 @@ def stage_hash(stage: Stage) -> str | None:
     return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
+def _kdjax_configs() -> str:
+  return os.path.join(ROOT, "configs") + os.sep
+
+
 def stage_inputs(stage: Stage, done: dict[str, Stage], workdir: str, portable: bool = True) -> dict:
   """What a stage's fingerprint covers. Paths under the workdir read ``$WORKDIR`` and, with
   ``portable``, kdjax's bundled configs ``$KDJAX/configs``, so a workdir moved to another
   machine or opened from another checkout of the same kdjax skips its finished stages; the
   contents of every ``--config=`` file are hashed too (``config_files``), so an edited config
-  reruns its stages wherever it lives. ``portable=False`` gives the fingerprint of records
-  written before stop 25 (absolute config paths, no contents), which ``run_stage`` still
-  accepts."""
+  reruns its stages wherever it lives. ``portable=False`` gives the inputs of records written
+  before stop 25 (absolute config paths, no contents; ``legacy_inputs`` derives them from these
+  without reading anything again), which ``run_stage`` still accepts."""
   subs = [(_abs(workdir), "$WORKDIR")]
   if portable:
-    subs.append((os.path.join(ROOT, "configs") + os.sep, "$KDJAX/configs/"))
+    subs.append((_kdjax_configs(), "$KDJAX/configs/"))
 
   def rel(x):
     if isinstance(x, str):
@@ -874,6 +878,14 @@ def stage_inputs(stage: Stage, done: dict[str, Stage], workdir: str, portable: b
     "paths": {k: [rel(p), path_fingerprint(p)] for k, p in stage.paths.items()},
     **({"config_files": _config_files(stage.commands, rel)} if portable else {}),
   }
+
+
+def legacy_inputs(inputs: dict) -> dict:
+  """``stage_inputs(..., portable=False)`` from the portable ``inputs``: the configs' alias
+  back to its absolute path, no ``config_files``."""
+  old = {k: v for k, v in inputs.items() if k != "config_files"}
+  alias, path = json.dumps("$KDJAX/configs/")[1:-1], json.dumps(_kdjax_configs())[1:-1]
+  return json.loads(json.dumps(old).replace(alias, path))
 
 
 def _config_files(commands, rel) -> dict:
@@ -970,7 +982,7 @@ def run_stage(stage: Stage, done: dict, workdir: str, runner) -> str:
     return "given"
   inputs = stage_inputs(stage, done, workdir)
   fp = _sha(inputs)
-  same = {fp, _sha(stage_inputs(stage, done, workdir, portable=False))}  # or an older record's
+  same = {fp, _sha(legacy_inputs(inputs))}  # or an older record's
   sj_path = os.path.join(stage.dir, "stage.json")
   started_path = os.path.join(stage.dir, "pipeline_inputs.json")
   reason = None
