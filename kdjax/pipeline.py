@@ -38,7 +38,8 @@ Each stage runs the documented CLI in a subprocess in ``workdir/<nn>_<stage>/`` 
 ``pipeline.log`` there). A finished stage writes ``stage.json`` (the fingerprint of its inputs:
 its command lines, its config files' contents and the fingerprints of the models it reads, with
 paths relative to the workdir and to kdjax's configs; and its outputs) and is skipped next time;
-a killed pipeline resumes inside the stage it was in (the trainer resumes from its checkpoints); a stage whose inputs changed is moved aside to ``<nn>_<stage>.replaced-<time>``
+a killed pipeline resumes inside the stage it was in (the trainer resumes from its
+checkpoints); a stage whose inputs changed is moved aside to ``<nn>_<stage>.replaced-<time>``
 and rerun, with the reason printed (and so are the stages downstream of it).
 
 After each stage and at the end: ``report.md``, ``report.json``, ``report.svg`` (and
